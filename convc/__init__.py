@@ -1,3 +1,54 @@
-"""convc: a symbolic compiler for convolutional networks."""
+"""convc: a symbolic compiler for convolutional networks.
+
+Define a network as a `Graph`, then `compile` it to a shared library and call the
+returned `Module` with numpy arrays; `lower` shows every intermediate representation.
+"""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from .build import clear_cache
+from .errors import (
+    ArgumentError,
+    CompileError,
+    ConvcError,
+    DerivationError,
+    ExecutionError,
+    GraphError,
+    InternalError,
+    ScheduleError,
+)
+from .graph import Graph, Tensor
+from .module import Module
+from .pipeline import Lowered, lower
+
+
+def compile(graph: Graph, dtype: str = "float32", *, sanitize: bool = False) -> Module:
+    """Compile ``graph`` to C, build it into a shared library (cached) and load it.
+
+    ``dtype`` is ``"float32"`` or ``"float64"``. ``sanitize=True`` builds with
+    AddressSanitizer and UBSan (the host process must preload their runtimes).
+
+    Examples
+    --------
+    >>> import numpy as np, convc
+    >>> g = convc.Graph("doc")
+    >>> x = g.input("x", (None, 1, 5))
+    >>> g.output(g.conv(x, channels=1, kernel=2, bias=False))
+    >>> net = convc.compile(g)
+    >>> net(x=np.ones((1, 1, 5), np.float32), **{"conv0.weight": np.ones((1, 1, 2), np.float32)})
+    array([[[2., 2., 2., 2.]]], dtype=float32)
+    """
+    from .build import build_library
+
+    lowered = lower(graph, dtype)
+    cdef = lowered.cdef + "\nconst char *convc_error_message(int code);"
+    return Module(lowered, build_library(lowered.source, cdef, sanitize=sanitize))
+
+
+__all__ = [
+    "ArgumentError", "CompileError", "ConvcError", "DerivationError", "ExecutionError",
+    "Graph", "GraphError", "InternalError", "Lowered", "Module", "ScheduleError", "Tensor",
+    "clear_cache", "compile", "lower",
+]

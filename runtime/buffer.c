@@ -1,4 +1,8 @@
 /* convc runtime: aligned scratch buffers for intermediate tensors. */
+
+/* posix_memalign is POSIX, not C99: ask for it before any system header. */
+#define _POSIX_C_SOURCE 200112L
+
 #include <stdlib.h>
 
 #include "convc_runtime.h"

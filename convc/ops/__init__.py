@@ -1,0 +1,117 @@
+"""Ops: one module per op family, each a frozen attribute dataclass with its rules.
+
+An op knows three things, all read from its attributes: how to build itself from a user's
+arguments (`from_args`, which normalises and checks them), its output shape (`infer`) and
+the tensor comprehensions that define it (`comprehensions`, layer 2 of DESIGN.md). Nothing
+downstream looks at an op's class: it reads the comprehensions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import sympy
+
+from ..errors import GraphError
+
+BATCH = sympy.Symbol("N", integer=True, nonnegative=True)
+"""The batch size: the symbol a user's ``None`` becomes, an argument of the generated C."""
+
+
+def index(name: str) -> sympy.Symbol:
+    """An index variable of a comprehension (integer, nonnegative)."""
+    return sympy.Symbol(name, integer=True, nonnegative=True)
+
+
+@dataclass(frozen=True, slots=True)
+class OpContext:
+    """What an op sees of the graph when it is added: its name and its inputs."""
+
+    name: str
+    shapes: tuple[tuple[Any, ...], ...]
+    dtypes: tuple[str, ...]
+    source: str
+
+    def error(self, message: str) -> GraphError:
+        return GraphError(f"node {self.name!r} ({self.source}): {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class ParamSpec:
+    """A parameter a layer creates: ``<node>.<role>`` of ``shape``."""
+
+    role: str
+    shape: tuple[int, ...]
+    fan_in: int
+
+
+class Op:
+    """Base of the op attribute dataclasses."""
+
+    kind: ClassVar[str] = "op"
+    arity: ClassVar[int] = 1
+    equation: ClassVar[str] = ""
+
+    @classmethod
+    def from_args(cls, ctx: OpContext, **attrs) -> Op:
+        return cls(**attrs)
+
+    def parameters(self, ctx: OpContext) -> tuple[ParamSpec, ...]:
+        """The parameters the layer owns; checks the data inputs first."""
+        self.check_inputs(ctx)
+        return ()
+
+    def check_inputs(self, ctx: OpContext) -> None:
+        """Common checks on the data inputs: float dtype and a batch axis."""
+        for i, (shape, dtype) in enumerate(zip(ctx.shapes[: self.arity], ctx.dtypes)):
+            if dtype != "float":
+                raise ctx.error(f"input {i} must be a float tensor, found dtype {dtype}")
+            if len(shape) < 1:
+                raise ctx.error("expected a tensor with a batch axis, found a 0-d tensor")
+
+    def infer(self, ctx: OpContext) -> tuple[tuple[Any, ...], str]:
+        raise NotImplementedError
+
+    def input_ranges(self, shapes: tuple[tuple, ...]) -> dict[int, tuple[int, int]]:
+        """``{input position: (low, high)}``: values an integer input must lie in."""
+        return {}
+
+    def comprehensions(self, out: str, ins: tuple[str, ...], shapes: tuple[tuple, ...],
+                       out_shape: tuple) -> tuple:
+        """The comprehensions computing tensor ``out`` from tensors ``ins`` of ``shapes``."""
+        raise NotImplementedError
+
+
+def per_axis(value, rank: int, what: str, ctx: OpContext, minimum: int = 1) -> tuple[int, ...]:
+    """An int or a tuple of ``rank`` ints, each at least ``minimum``, as a tuple."""
+    values = (value,) * rank if isinstance(value, int) else value
+    if not isinstance(values, tuple | list) or len(values) != rank:
+        raise ctx.error(f"{what} must be an int or a tuple of {rank} ints "
+                        f"(one per spatial axis), found {value!r}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ctx.error(f"{what} must be integers >= {minimum}, found {value!r}")
+    return tuple(values)
+
+
+def spatial_rank(ctx: OpContext, ranks=(1, 2, 3)) -> int:
+    """The number of spatial axes of input 0, laid out (N, C, spatial...)."""
+    shape = ctx.shapes[0]
+    rank = len(shape) - 2
+    if rank not in ranks:
+        allowed = " or ".join(f"{r + 2}-d (N, C{', spatial' * r})" for r in ranks)
+        raise ctx.error(f"expected a {allowed} input, found shape {fmt(shape)}")
+    return rank
+
+
+def fmt(shape: tuple) -> str:
+    inner = ", ".join(str(d) for d in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
+
+
+def elementwise_indices(rank: int) -> tuple[sympy.Symbol, ...]:
+    return tuple(index(f"d{i}") for i in range(rank))
+
+
+__all__ = ["BATCH", "Op", "OpContext", "ParamSpec", "index", "per_axis", "spatial_rank", "fmt"]

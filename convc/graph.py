@@ -1,0 +1,275 @@
+"""Graph layer: the network a user writes, as a `networkx.DiGraph` of op nodes.
+
+Every node produces one tensor named like the node. Inputs, parameters and layers are all
+nodes; a layer that owns parameters (``conv``, ``dense``) creates them as ``<node>.weight`` and
+``<node>.bias``. Shapes are inferred and checked when a node is added, so a bad graph fails
+at the line that built it, with a `GraphError` naming the node and both shapes.
+
+A dimension is a positive ``int`` or the batch symbol ``N`` (written ``None`` by the user,
+allowed on the leading axis): the batch size is given at call time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+
+from .errors import GraphError
+from .ops import Op, OpContext, fmt
+from .ops.activation import Relu, Sigmoid, Tanh
+from .ops.conv import Conv
+from .ops.dense import Dense
+from .ops.elementwise import Add
+from .ops.pool import GlobalPool, Pool
+from .ops.reshape import Flatten
+from .ops.softmax import Softmax, SoftmaxCrossEntropy
+from .ops.source import Input, Param
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One node of the graph: its op, the names of its inputs, and its output tensor."""
+
+    name: str
+    op: Op
+    inputs: tuple[str, ...]
+    shape: tuple[Any, ...]
+    dtype: str
+    source: str
+
+    @property
+    def is_source(self) -> bool:
+        return isinstance(self.op, (Input, Param))
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """A handle on a node's output, passed from one layer call to the next."""
+
+    graph: Graph
+    name: str
+
+    @property
+    def shape(self) -> tuple[Any, ...]:
+        return self.graph.node(self.name).shape
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.name!r}, shape={fmt(self.shape)})"
+
+
+def user_source() -> str:
+    """The ``file:line`` of the first stack frame outside the convc package."""
+    frame = sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        _PACKAGE_DIR + os.sep
+    ):
+        frame = frame.f_back
+    if frame is None:
+        return "<unknown>"
+    return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+
+
+class Graph:
+    """A network under construction.
+
+    Examples
+    --------
+    >>> g = Graph("tiny")
+    >>> x = g.input("x", (None, 1, 8, 8))
+    >>> y = g.relu(g.conv(x, channels=4, kernel=3))
+    >>> g.output(y)
+    >>> y.shape
+    (N, 4, 6, 6)
+    >>> g.parameters()
+    {'conv0.weight': (4, 1, 3, 3), 'conv0.bias': (4,)}
+    """
+
+    def __init__(self, name: str = "net"):
+        if not isinstance(name, str) or not name:
+            raise GraphError(f"graph name must be a non-empty string, got {name!r}")
+        self.name = name
+        self._nx = nx.DiGraph()
+        self._outputs: list[str] = []
+        self._counters: dict[str, int] = {}
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def node(self, name: str) -> Node:
+        if name not in self._nx:
+            raise GraphError(f"graph {self.name!r} has no node {name!r}")
+        return self._nx.nodes[name]["node"]
+
+    def nodes(self) -> list[Node]:
+        """All nodes in a topological order that keeps the order they were added in."""
+        order = {n: i for i, n in enumerate(self._nx.nodes)}
+        names = nx.lexicographical_topological_sort(self._nx, key=order.__getitem__)
+        return [self.node(n) for n in names]
+
+    def inputs(self) -> dict[str, tuple[Any, ...]]:
+        """Graph inputs (not parameters) and their shapes."""
+        return {n.name: n.shape for n in self.nodes() if isinstance(n.op, Input)}
+
+    def parameters(self) -> dict[str, tuple[Any, ...]]:
+        """Parameters created by the layers, with their shapes."""
+        return {n.name: n.shape for n in self.nodes() if isinstance(n.op, Param)}
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return tuple(self._outputs)
+
+    def __repr__(self) -> str:
+        return f"Graph({self.name!r}, {self._nx.number_of_nodes()} nodes)"
+
+    # -- building --------------------------------------------------------------------------
+
+    def input(self, name: str, shape: tuple, dtype: str = "float") -> Tensor:
+        """A graph input. ``None`` on the leading axis is the batch size, given at call time."""
+        self._check_name(name)
+        ctx = OpContext(name, (), (), user_source())
+        op = Input.from_args(ctx, shape=shape, dtype=dtype)
+        shape, dtype = op.infer(ctx)
+        return self._insert(Node(name, op, (), shape, dtype, ctx.source))
+
+    def output(self, *tensors: Tensor) -> None:
+        """Mark tensors as outputs of the compiled module, in this order."""
+        for t in tensors:
+            self._check_tensor(t, "output")
+            if t.name in self._outputs:
+                raise GraphError(f"{t.name!r} is already an output")
+            self._outputs.append(t.name)
+
+    def conv(
+        self,
+        x: Tensor,
+        channels: int,
+        kernel,
+        stride=1,
+        padding="valid",
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        name: str | None = None,
+    ) -> Tensor:
+        """Convolution (cross-correlation, equation 9.7) over 1, 2 or 3 spatial axes.
+
+        ``padding`` is ``"valid"``, ``"same"``, ``"full"``, an int, a per-axis tuple of ints,
+        or a per-axis tuple of ``(before, after)`` pairs. ``"same"`` keeps the size at
+        stride 1 (the odd cell of an even kernel's padding goes after); at stride ``s`` it
+        gives ``ceil(size / s)`` outputs, as TensorFlow does.
+        """
+        return self._layer(Conv, (x,), name, channels=channels, kernel=kernel, stride=stride,
+                           padding=padding, dilation=dilation, groups=groups, bias=bias)
+
+    def max_pool(self, x, window, stride=None, padding=0, dilation=1, ceil_mode=False,
+                 name=None) -> Tensor:
+        """Max pooling; ``ceil_mode`` keeps a last partial window instead of dropping it."""
+        return self._layer(Pool, (x,), name, kind="max", window=window, stride=stride,
+                           padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+
+    def avg_pool(self, x, window, stride=None, padding=0, dilation=1, ceil_mode=False,
+                 count_include_pad=True, name=None) -> Tensor:
+        """Average pooling; ``count_include_pad`` counts the zero-padded cells."""
+        return self._layer(Pool, (x,), name, kind="avg", window=window, stride=stride,
+                           padding=padding, dilation=dilation, ceil_mode=ceil_mode,
+                           count_include_pad=count_include_pad)
+
+    def lp_pool(self, x, window, p=2, stride=None, padding=0, dilation=1, ceil_mode=False,
+                name=None) -> Tensor:
+        """Lp-norm pooling, ``(sum |x|^p)^(1/p)`` over each window (L2 by default)."""
+        return self._layer(Pool, (x,), name, kind="lp", window=window, stride=stride,
+                           padding=padding, dilation=dilation, ceil_mode=ceil_mode, p=p)
+
+    def global_max_pool(self, x: Tensor, name: str | None = None) -> Tensor:
+        """Maximum over all spatial positions: ``(N, C, ...)`` to ``(N, C)``."""
+        return self._layer(GlobalPool, (x,), name, kind="max")
+
+    def global_avg_pool(self, x: Tensor, name: str | None = None) -> Tensor:
+        """Mean over all spatial positions: ``(N, C, ...)`` to ``(N, C)``."""
+        return self._layer(GlobalPool, (x,), name, kind="avg")
+
+    def relu(self, x: Tensor, name: str | None = None) -> Tensor:
+        return self._layer(Relu, (x,), name)
+
+    def sigmoid(self, x: Tensor, name: str | None = None) -> Tensor:
+        return self._layer(Sigmoid, (x,), name)
+
+    def tanh(self, x: Tensor, name: str | None = None) -> Tensor:
+        return self._layer(Tanh, (x,), name)
+
+    def add(self, a: Tensor, b: Tensor, name: str | None = None) -> Tensor:
+        return self._layer(Add, (a, b), name)
+
+    def flatten(self, x: Tensor, name: str | None = None) -> Tensor:
+        """``(N, C, ...)`` to ``(N, C * ...)``, in row-major order."""
+        return self._layer(Flatten, (x,), name)
+
+    def dense(self, x: Tensor, units: int, bias: bool = True, name: str | None = None):
+        """Fully connected layer ``y = x W^T + b`` on ``(N, features)``."""
+        return self._layer(Dense, (x,), name, units=units, bias=bias)
+
+    def softmax(self, x: Tensor, name: str | None = None) -> Tensor:
+        """Softmax over axis 1 (the channels), at every other index."""
+        return self._layer(Softmax, (x,), name)
+
+    def softmax_cross_entropy(self, logits: Tensor, labels: Tensor, name: str | None = None):
+        """Mean over the batch of ``-log softmax(logits)[n, labels[n]]``; a 0-d tensor."""
+        return self._layer(SoftmaxCrossEntropy, (logits, labels), name)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _layer(self, cls: type[Op], args: tuple[Tensor, ...], name: str | None, **attrs):
+        """Build an op from the user's arguments, create its parameters, add its node."""
+        for t in args:
+            self._check_tensor(t, cls.kind)
+        name = self._fresh_name(cls.kind) if name is None else name
+        self._check_name(name)
+        ctx = self._context(name, args)
+        op = cls.from_args(ctx, **attrs)
+        specs = op.parameters(ctx)  # validates the inputs before anything is added
+        full = OpContext(name, ctx.shapes + tuple(s.shape for s in specs),
+                         ctx.dtypes + ("float",) * len(specs), ctx.source)
+        shape, dtype = op.infer(full)
+        for spec in specs:
+            pname = f"{name}.{spec.role}"
+            self._check_name(pname)
+            self._insert(Node(pname, Param(fan_in=spec.fan_in), (), spec.shape, "float",
+                              ctx.source))
+        inputs = tuple(t.name for t in args) + tuple(f"{name}.{s.role}" for s in specs)
+        return self._insert(Node(name, op, inputs, shape, dtype, ctx.source))
+
+    def _context(self, name: str, args: tuple[Tensor, ...]) -> OpContext:
+        nodes = [self.node(t.name) for t in args]
+        return OpContext(name, tuple(n.shape for n in nodes), tuple(n.dtype for n in nodes),
+                         user_source())
+
+    def _insert(self, node: Node) -> Tensor:
+        self._nx.add_node(node.name, node=node)
+        for src in node.inputs:
+            self._nx.add_edge(src, node.name)
+        return Tensor(self, node.name)
+
+    def _fresh_name(self, kind: str) -> str:
+        while True:
+            i = self._counters.get(kind, 0)
+            self._counters[kind] = i + 1
+            if f"{kind}{i}" not in self._nx:
+                return f"{kind}{i}"
+
+    def _check_name(self, name: object) -> None:
+        if not isinstance(name, str) or not name:
+            raise GraphError(f"a node name must be a non-empty string, got {name!r} "
+                             f"({user_source()})")
+        if name in self._nx:
+            raise GraphError(f"duplicate node name {name!r}: graph {self.name!r} already "
+                             f"has a node of that name ({user_source()})")
+
+    def _check_tensor(self, t: object, where: str) -> None:
+        if not isinstance(t, Tensor) or t.graph is not self:
+            raise GraphError(f"{where}: expected a Tensor of graph {self.name!r}, got {t!r} "
+                             f"({user_source()})")

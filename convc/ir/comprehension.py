@@ -1,0 +1,107 @@
+"""Comprehension layer: every op is one or more tensor comprehensions in sympy.
+
+A comprehension writes one output access for every point of its free variables, reducing a
+body over its reduced variables::
+
+    conv0[n, k, i0] = conv0.bias[k] + Σ_{c < 3, m0 < 5} x[n, c, i0 + m0 - 2]·conv0.weight[k, c, m0]
+
+Accesses are `sympy.Indexed` with indices affine in the variables. An access that can leave
+its tensor reads the tensor's *fill* value (0 for implicit zero padding, -∞ for max
+pooling). ``init`` starts the accumulator (a bias, say) and ``final`` maps the accumulator to
+the stored value (a mean divides by a count); both may read the free variables.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import sympy
+
+ACC = sympy.Symbol("acc")
+"""The accumulator, as ``final`` refers to it."""
+
+
+class Reduction(str, enum.Enum):
+    NONE = "none"
+    SUM = "sum"
+    MAX = "max"
+
+    @property
+    def identity(self) -> sympy.Expr:
+        return {Reduction.SUM: sympy.Integer(0), Reduction.MAX: -sympy.oo}[self]
+
+    def combine(self, acc: sympy.Expr, value: sympy.Expr) -> sympy.Expr:
+        return acc + value if self is Reduction.SUM else sympy.Max(acc, value)
+
+
+@dataclass(frozen=True)
+class Comprehension:
+    """``output = final(init ⊕ reduce_{reduced} body)`` for every point of ``free``."""
+
+    output: sympy.Indexed
+    free: tuple[tuple[sympy.Symbol, sympy.Expr], ...]
+    body: sympy.Expr
+    reduced: tuple[tuple[sympy.Symbol, sympy.Expr], ...] = ()
+    reduction: Reduction = Reduction.NONE
+    init: sympy.Expr | None = None
+    final: sympy.Expr | None = None
+    fill: tuple[tuple[str, sympy.Expr], ...] = ()
+    equation: str = ""
+    note: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        for name in ("free", "reduced"):
+            pairs = tuple((v, sympy.sympify(e)) for v, e in getattr(self, name))
+            object.__setattr__(self, name, pairs)
+
+    @property
+    def variables(self) -> tuple[tuple[sympy.Symbol, sympy.Expr], ...]:
+        return self.free + self.reduced
+
+    @property
+    def tensor(self) -> str:
+        return str(self.output.base.label)
+
+    def fill_of(self, tensor: str) -> sympy.Expr | None:
+        return dict(self.fill).get(tensor)
+
+    def accesses(self) -> list[sympy.Indexed]:
+        """Every access read, in a stable order."""
+        exprs = [self.body] + [e for e in (self.init, self.final) if e is not None]
+        found = set().union(*(e.atoms(sympy.Indexed) for e in exprs))
+        return sorted(found, key=sympy.default_sort_key)
+
+    def inputs(self) -> list[str]:
+        return sorted({str(a.base.label) for a in self.accesses()})
+
+    def __str__(self) -> str:
+        return self.text()
+
+    def text(self, unicode: bool = True) -> str:
+        """The comprehension as an equation; ``unicode=False`` keeps to ASCII (for C)."""
+        math = _math if unicode else _ascii
+        value = math(self.body)
+        if self.reduction is not Reduction.NONE:
+            bound = ", ".join(f"{v} < {e}" for v, e in self.reduced)
+            op = {Reduction.SUM: "Σ" if unicode else "sum", Reduction.MAX: "max"}[self.reduction]
+            if isinstance(self.body, sympy.Add):
+                value = f"({value})"
+            value = f"{op}_{{{bound}}} {value}"
+            if self.init is not None:
+                value = (f"{math(self.init)} + {value}" if self.reduction is Reduction.SUM
+                         else f"max({math(self.init)}, {value})")
+            if self.final is not None:
+                value = math(self.final).replace(str(ACC), f"({value})")
+        domain = ", ".join(f"{v} < {e}" for v, e in self.free)
+        text = f"{math(self.output)} = {value}"
+        return f"{text}   for {domain}" if domain else text
+
+
+def _ascii(expr: sympy.Expr) -> str:
+    return sympy.sstr(expr, order="none")
+
+
+def _math(expr: sympy.Expr) -> str:
+    """A sympy expression as the book writes it: products with a middle dot."""
+    return _ascii(expr).replace("**", "^").replace("*", "·")

@@ -1,0 +1,96 @@
+"""Loop-nest layer: the imperative form a comprehension lowers to, before C.
+
+Frozen nodes: `Loop` over ``start <= var < stop``, `Let` (a local scalar), `Update` (fold a
+value into a local with a reduction) and `Store` (write a tensor element). A `Kernel` is the
+nest of one graph node, with the origin it carries into the C comment.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import sympy
+
+from .ir.comprehension import Reduction
+
+
+class LoopKind(str, enum.Enum):
+    SERIAL = "serial"
+
+
+@dataclass(frozen=True)
+class Let:
+    var: sympy.Symbol
+    value: sympy.Expr
+
+
+@dataclass(frozen=True)
+class Update:
+    var: sympy.Symbol
+    reduction: Reduction
+    value: sympy.Expr
+
+
+@dataclass(frozen=True)
+class Store:
+    target: sympy.Indexed
+    value: sympy.Expr
+
+
+@dataclass(frozen=True)
+class Block:
+    """A scope of its own (a comprehension with no free variable declares its local here)."""
+
+    body: tuple[Stmt, ...]
+
+
+@dataclass(frozen=True)
+class Loop:
+    var: sympy.Symbol
+    start: sympy.Expr
+    stop: sympy.Expr
+    body: tuple[Stmt, ...]
+    kind: LoopKind = LoopKind.SERIAL
+
+
+Stmt = Block | Loop | Let | Update | Store
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The loop nests computing one graph node, in order (one per comprehension)."""
+
+    node: str
+    nests: tuple[Stmt, ...]
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+
+
+def walk(stmts) -> list[Stmt]:
+    """Every statement, pre-order."""
+    out = []
+    for s in stmts:
+        out.append(s)
+        if isinstance(s, Loop | Block):
+            out.extend(walk(s.body))
+    return out
+
+
+def format_nest(stmts, indent: str = "") -> str:
+    """The nest as indented pseudo-code, for explain() and debugging."""
+    lines = []
+    for s in stmts:
+        if isinstance(s, Loop):
+            lines.append(f"{indent}for {s.var} in [{s.start}, {s.stop}):")
+            lines.append(format_nest(s.body, indent + "  "))
+        elif isinstance(s, Block):
+            lines.append(format_nest(s.body, indent))
+        elif isinstance(s, Let):
+            lines.append(f"{indent}{s.var} = {s.value}")
+        elif isinstance(s, Update):
+            op = "+=" if s.reduction is Reduction.SUM else "max="
+            lines.append(f"{indent}{s.var} {op} {s.value}")
+        else:
+            lines.append(f"{indent}{s.target} = {s.value}")
+    return "\n".join(lines)

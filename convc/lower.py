@@ -1,0 +1,116 @@
+"""Lowering: comprehension -> loop nest.
+
+The free variables become the outer loops, the reduced ones the inner loops around an
+accumulator. An access that can leave its tensor is handled in one of two ways, read off
+the comprehension, never off the op:
+
+* **clipped**: when reading the fill value would leave the reduction unchanged (a zero in a
+  product under a sum, -∞ under a max), the terms that read outside are dropped by tightening
+  the bounds of the one reduced variable in that index (`affine.solve_inside`). The inner
+  loop then has no bounds test: this is implicit zero padding done right.
+* **guarded**: otherwise the access becomes ``cond ? access : fill``.
+"""
+
+from __future__ import annotations
+
+import sympy
+
+from .errors import DerivationError
+from .ir.affine import affine_terms, index_range, is_proven, solve_inside
+from .ir.comprehension import ACC, Comprehension, Reduction
+from .loops import Block, Kernel, Let, Loop, Stmt, Store, Update
+
+
+def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple]) -> tuple[Stmt, ...]:
+    """The loop nest of one comprehension; ``shapes`` gives every tensor it reads."""
+    bounds = {v: (sympy.Integer(0), e) for v, e in comp.variables}
+    guards = {}
+    for access in comp.accesses():
+        unsafe = _unsafe_axes(comp, access, shapes)
+        if not unsafe:
+            continue
+        fill = comp.fill_of(str(access.base.label))
+        if fill is None:
+            raise DerivationError(
+                f"{comp.tensor}: access {access} can leave tensor {access.base.label} "
+                f"of shape {shapes[str(access.base.label)]} and the comprehension gives no "
+                f"fill value for it")
+        if _annihilates(comp, access, fill):
+            unsafe = [ax for ax in unsafe if not _clip(comp, ax, bounds)]
+        if unsafe:
+            inside = sympy.And(*[sympy.And(idx >= 0, idx < size) for idx, size in unsafe])
+            guards[access] = sympy.Piecewise((access, inside), (fill, True))
+    return _nest(comp, bounds, guards)
+
+
+def lower_node(node: str, inputs: tuple[str, ...], comps, shapes: dict[str, tuple]) -> Kernel:
+    """The kernel of one graph node: its comprehensions lowered in order.
+
+    It reads the node's ``inputs`` that its comprehensions use, in the node's order, and
+    writes each comprehension's output (the op's scratch tensors, then the node's own).
+    """
+    nests = tuple(s for c in comps for s in lower_comprehension(c, shapes))
+    writes = tuple(c.tensor for c in comps)
+    used = {t for c in comps for t in c.inputs()}
+    return Kernel(node, nests, tuple(t for t in inputs if t in used), writes)
+
+
+def _unsafe_axes(comp, access, shapes) -> list[tuple[sympy.Expr, sympy.Expr]]:
+    """The (index, size) pairs of ``access`` that are not provably inside the tensor."""
+    extents = dict(comp.variables)
+    shape = shapes[str(access.base.label)]
+    unsafe = []
+    for idx, size in zip(access.indices, shape):
+        lo, hi = index_range(idx, extents)
+        if not (is_proven(lo >= 0) and is_proven(hi <= size - 1)):
+            unsafe.append((idx, size))
+    return unsafe
+
+
+def _annihilates(comp: Comprehension, access, fill) -> bool:
+    """Whether every term reading ``fill`` for ``access`` is the reduction's identity."""
+    if comp.reduction is Reduction.NONE:
+        return False
+    for extra in (comp.init, comp.final):
+        if extra is not None and extra.has(access):
+            return False
+    term = sympy.simplify(comp.body.xreplace({access: fill}))
+    return term == comp.reduction.identity
+
+
+def _clip(comp: Comprehension, axis, bounds) -> bool:
+    """Tighten the bounds of the single reduced variable of ``axis``'s index; False if none."""
+    idx, size = axis
+    order = [v for v, _ in comp.reduced]
+    coeffs, _ = affine_terms(idx, [v for v, _ in comp.variables])
+    mine = [v for v in coeffs if v in order]
+    if len(mine) != 1:
+        return False
+    m = mine[0]
+    later = set(order[order.index(m):])
+    rest = idx - coeffs[m] * m
+    if rest.free_symbols & later:
+        return False
+    lo, hi = solve_inside(coeffs[m], rest, size)
+    start, stop = bounds[m]
+    bounds[m] = (sympy.Max(start, lo), sympy.Min(stop, hi))
+    return True
+
+
+def _nest(comp: Comprehension, bounds, guards) -> tuple[Stmt, ...]:
+    guard = (lambda e: e.xreplace(guards)) if guards else (lambda e: e)
+    body = guard(comp.body)
+    if comp.reduction is Reduction.NONE:
+        stmts: tuple[Stmt, ...] = (Store(comp.output, body),)
+    else:
+        inner: tuple[Stmt, ...] = (Update(ACC, comp.reduction, body),)
+        for v, _ in reversed(comp.reduced):
+            inner = (Loop(v, *bounds[v], inner),)
+        init = comp.reduction.identity if comp.init is None else guard(comp.init)
+        final = ACC if comp.final is None else guard(comp.final)
+        stmts = (Let(ACC, init), *inner, Store(comp.output, final))
+    if not comp.free and comp.reduction is not Reduction.NONE:
+        return (Block(stmts),)
+    for v, _ in reversed(comp.free):
+        stmts = (Loop(v, *bounds[v], stmts),)
+    return stmts

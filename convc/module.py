@@ -1,0 +1,184 @@
+"""Module: a compiled graph, called with numpy arrays.
+
+Every array is checked (name, shape, dtype, and the value range an op asks of an integer
+input) before any C runs; non-contiguous arrays are copied to contiguous ones. The C call
+releases the GIL and keeps no state between calls, so one module may serve several threads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import sympy
+
+from .build import Library
+from .errors import ArgumentError, ExecutionError
+from .ops import fmt
+from .pipeline import Lowered
+
+NUMPY = {"float32": np.float32, "float64": np.float64}
+
+
+class Module:
+    """A compiled network: ``module(**arrays)`` runs its forward pass.
+
+    One output comes back as an array; several come back as a dict by name.
+    """
+
+    def __init__(self, lowered: Lowered, library: Library):
+        self.lowered = lowered
+        self._library = library
+        self._ffi = library.module.ffi
+        self._lib = library.module.lib
+        self._entry = getattr(self._lib, lowered.entry)
+        self.dtype = lowered.dtype
+        self._ranges = _integer_ranges(lowered)
+
+    # -- what it is ------------------------------------------------------------------------
+
+    @property
+    def source(self) -> str:
+        """The generated C."""
+        return self.lowered.source
+
+    @property
+    def library_path(self) -> Path:
+        """The shared library this module runs."""
+        return self._library.path
+
+    @property
+    def source_path(self) -> Path:
+        """The C file kept beside the library."""
+        return self._library.source_path
+
+    @property
+    def inputs(self) -> dict[str, tuple]:
+        return self._shapes("input")
+
+    @property
+    def parameters(self) -> dict[str, tuple]:
+        return self._shapes("param")
+
+    @property
+    def outputs(self) -> dict[str, tuple]:
+        return self._shapes("output")
+
+    def _shapes(self, role: str) -> dict[str, tuple]:
+        return {b.name: b.shape for b in self.lowered.arguments() if b.role == role}
+
+    def explain(self) -> str:
+        """Per node: where it was written, shapes, equations, FLOPs, loops and C lines."""
+        from .explain import explain
+
+        return explain(self.lowered)
+
+    def __repr__(self) -> str:
+        return f"<convc.Module {self.lowered.graph.name!r} {self.dtype} at {self.library_path}>"
+
+    # -- running ---------------------------------------------------------------------------
+
+    def init_params(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """He-normal weights (std ``sqrt(2 / fan_in)``) and zero biases, from ``seed``."""
+        rng = np.random.default_rng(seed)
+        params = {}
+        for b in self.lowered.arguments():
+            if b.role != "param":
+                continue
+            shape = tuple(int(d) for d in b.shape)
+            if b.name.endswith(".bias"):
+                params[b.name] = np.zeros(shape, NUMPY[self.dtype])
+            else:
+                fan_in = self.lowered.graph.node(b.name).op.fan_in
+                std = np.sqrt(2.0 / fan_in)
+                params[b.name] = (rng.standard_normal(shape) * std).astype(NUMPY[self.dtype])
+        return params
+
+    def __call__(self, **arrays):
+        sizes, args = self._check(arrays)
+        outputs = {}
+        for b in self.lowered.arguments():
+            if b.role == "output":
+                shape = tuple(int(sympy.sympify(d).subs(sizes)) for d in b.shape)
+                outputs[b.name] = np.empty(shape, NUMPY[self.dtype])
+        ffi = self._ffi
+        pointers = [sizes[s] for s in self.lowered.sizes]
+        for b in self.lowered.arguments():
+            a = outputs[b.name] if b.role == "output" else args[b.name]
+            pointers.append(ffi.cast(f"{b.ctype} *", a.ctypes.data))
+        status = self._entry(*pointers)
+        if status != 0:
+            message = ffi.string(self._lib.convc_error_message(status)).decode()
+            raise ExecutionError(f"{self.lowered.entry} failed with code {status}: {message}")
+        if len(outputs) == 1:
+            return next(iter(outputs.values()))
+        return outputs
+
+    def _check(self, arrays: dict) -> tuple[dict, dict[str, np.ndarray]]:
+        expected = [b for b in self.lowered.arguments() if b.role != "output"]
+        names = [b.name for b in expected]
+        unknown = sorted(set(arrays) - set(names))
+        missing = [n for n in names if n not in arrays]
+        if unknown or missing:
+            raise ArgumentError(
+                f"module {self.lowered.graph.name!r} takes {', '.join(names)}"
+                + (f"; unexpected: {', '.join(unknown)}" if unknown else "")
+                + (f"; missing: {', '.join(missing)}" if missing else ""))
+        sizes: dict[sympy.Symbol, int] = {}
+        bound_by: dict[sympy.Symbol, str] = {}
+        args = {}
+        for b in expected:
+            a = _as_array(b, arrays[b.name], self.dtype)
+            if a.ndim != len(b.shape):
+                raise ArgumentError(f"{b.name!r}: expected shape {fmt(b.shape)} "
+                                    f"({len(b.shape)}-d), found {a.shape} ({a.ndim}-d)")
+            for axis, (want, got) in enumerate(zip(b.shape, a.shape)):
+                if isinstance(want, sympy.Symbol):
+                    if want in sizes and sizes[want] != got:
+                        raise ArgumentError(
+                            f"{b.name!r}: size {want} is {sizes[want]} in "
+                            f"{bound_by[want]!r} but {got} here (axis {axis} of {a.shape})")
+                    sizes.setdefault(want, got)
+                    bound_by.setdefault(want, b.name)
+                elif int(want) != got:
+                    raise ArgumentError(f"{b.name!r}: expected shape {fmt(b.shape)}, "
+                                        f"found {a.shape} (axis {axis})")
+            if b.name in self._ranges and a.size:
+                _check_range(b.name, a, *self._ranges[b.name])
+            args[b.name] = np.ascontiguousarray(a)
+        for s in self.lowered.sizes:
+            sizes.setdefault(s, 0)
+        return sizes, args
+
+
+def _as_array(buffer, value, dtype: str) -> np.ndarray:
+    a = np.asarray(value)
+    if buffer.ctype == "int64_t":
+        if a.dtype.kind not in "iu" or not np.can_cast(a.dtype, np.int64):
+            raise ArgumentError(f"{buffer.name!r}: expected an integer array (int64), "
+                                f"found dtype {a.dtype}")
+        return a.astype(np.int64, copy=False)
+    if a.dtype != NUMPY[dtype]:
+        raise ArgumentError(f"{buffer.name!r}: expected dtype {dtype}, found {a.dtype} "
+                            f"(convert with .astype(np.{dtype}))")
+    return a
+
+
+def _check_range(name: str, a: np.ndarray, lo: int, hi: int) -> None:
+    bad = np.flatnonzero((a < lo) | (a >= hi))
+    if bad.size:
+        i = np.unravel_index(bad[0], a.shape)
+        raise ArgumentError(f"{name!r}: values must lie in [{lo}, {hi}), found {a[i]} at "
+                            f"index {tuple(int(j) for j in i)}")
+
+
+def _integer_ranges(lowered: Lowered) -> dict[str, tuple[int, int]]:
+    """The value range each consuming op asks of an integer input (labels < classes)."""
+    ranges = {}
+    for node in lowered.nodes:
+        shapes = tuple(lowered.graph.node(i).shape for i in node.inputs)
+        for pos, (lo, hi) in node.op.input_ranges(shapes).items():
+            name = node.inputs[pos]
+            old = ranges.get(name, (lo, hi))
+            ranges[name] = (max(lo, old[0]), min(hi, old[1]))
+    return ranges

@@ -1,0 +1,155 @@
+"""Convolution (equation 9.7; strided 9.8): cross-correlation over 1, 2 or 3 spatial axes.
+
+    Z[n, g·K' + k, i] = b[g·K' + k] + Σ_{c < C', m < M} V[n, g·C' + c, s·i + d·m - p] · W[g·K' + k, c, m]
+
+per spatial axis (``s`` stride, ``d`` dilation, ``p`` padding before), with ``G`` groups of
+``C' = C/G`` input and ``K' = K/G`` output channels. The group split is affine, so the group
+index is just another free variable; it is left out when ``G = 1``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import sympy
+
+from ..ir.comprehension import Comprehension, Reduction
+from . import Op, OpContext, ParamSpec, fmt, index, per_axis, spatial_rank
+
+PADDING_MODES = ("valid", "same", "full")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Conv(Op):
+    kind = "conv"
+    equation = "eq. 9.7"
+
+    channels: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    groups: int
+    bias: bool
+
+    @classmethod
+    def from_args(cls, ctx: OpContext, *, channels, kernel, stride, padding, dilation,
+                  groups, bias) -> Conv:
+        rank = spatial_rank(ctx)
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ctx.error(f"channels must be a positive int, found {channels!r}")
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ctx.error(f"groups must be a positive int, found {groups!r}")
+        kernel = per_axis(kernel, rank, "kernel", ctx)
+        stride = per_axis(stride, rank, "stride", ctx)
+        dilation = per_axis(dilation, rank, "dilation", ctx)
+        extents = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+        pads = resolve_padding(padding, ctx.shapes[0][2:], extents, stride, ctx)
+        return cls(channels=channels, kernel=kernel, stride=stride, dilation=dilation,
+                   padding=pads, groups=groups, bias=bool(bias))
+
+    @property
+    def rank(self) -> int:
+        return len(self.kernel)
+
+    def parameters(self, ctx: OpContext) -> tuple[ParamSpec, ...]:
+        self.check_inputs(ctx)
+        cin = ctx.shapes[0][1]
+        for what, count in (("input channels", cin), ("output channels", self.channels)):
+            if count % self.groups:
+                raise ctx.error(f"{what} must be divisible by groups={self.groups}, "
+                                f"found {count} (input shape {fmt(ctx.shapes[0])})")
+        per_group = cin // self.groups
+        fan_in = per_group * math.prod(self.kernel)
+        weight = ParamSpec("weight", (self.channels, per_group, *self.kernel), fan_in)
+        return (weight, ParamSpec("bias", (self.channels,), fan_in)) if self.bias else (weight,)
+
+    def infer(self, ctx: OpContext):
+        x = ctx.shapes[0]
+        out = []
+        for axis, (size, (lo, hi), k, s, d) in enumerate(
+            zip(x[2:], self.padding, self.kernel, self.stride, self.dilation)
+        ):
+            extent = d * (k - 1) + 1
+            if size + lo + hi < extent:
+                raise ctx.error(
+                    f"kernel larger than the padded input along spatial axis {axis}: "
+                    f"the kernel spans {extent} (size {k}, dilation {d}) but the input "
+                    f"{fmt(x)} padded by {(lo, hi)} has {size + lo + hi}")
+            out.append((size + lo + hi - extent) // s + 1)
+        return (x[0], self.channels, *out), "float"
+
+    def comprehensions(self, out, ins, shapes, out_shape):
+        x, w = ins[0], ins[1]
+        cin = shapes[0][1]
+        G, Cg, Kg = self.groups, cin // self.groups, self.channels // self.groups
+        n, c, k = index("n"), index("c"), index("k")
+        g = index("g") if G > 1 else sympy.Integer(0)
+        outs = [index(f"i{a}") for a in range(self.rank)]
+        ms = [index(f"m{a}") for a in range(self.rank)]
+        spatial = [s * i + d * m - lo for i, m, s, d, (lo, _) in
+                   zip(outs, ms, self.stride, self.dilation, self.padding)]
+        kout = g * Kg + k
+        V = sympy.IndexedBase(x)[(n, g * Cg + c, *spatial)]
+        W = sympy.IndexedBase(w)[(kout, c, *ms)]
+        Z = sympy.IndexedBase(out)[(n, kout, *outs)]
+        free = [(n, shapes[0][0])] + ([(g, G)] if G > 1 else []) + [(k, Kg)]
+        free += list(zip(outs, out_shape[2:]))
+        return (Comprehension(
+            output=Z,
+            free=tuple(free),
+            reduced=((c, sympy.Integer(Cg)), *zip(ms, map(sympy.Integer, self.kernel))),
+            reduction=Reduction.SUM,
+            body=V * W,
+            init=sympy.IndexedBase(ins[2])[kout] if self.bias else None,
+            fill=((x, sympy.Integer(0)),),
+            equation="eq. 9.7" if set(self.stride) == {1} else "eq. 9.8",
+        ),)
+
+
+def resolve_padding(padding, sizes, extents, strides, ctx: OpContext):
+    """Per-axis ``(before, after)`` padding from a mode string, an int or tuples.
+
+    ``"valid"``: none. ``"full"``: every partial overlap, ``extent - 1`` on both sides.
+    ``"same"``: ``ceil(size / stride)`` outputs (the size itself at stride 1); the total
+    padding ``max((out - 1)·stride + extent - size, 0)`` is split with the odd cell after.
+    """
+    rank = len(extents)
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * rank
+        if padding == "full":
+            return tuple((e - 1, e - 1) for e in extents)
+        if padding == "same":
+            pads = []
+            for size, e, s in zip(sizes, extents, strides):
+                total = max((-(-size // s) - 1) * s + e - size, 0)
+                pads.append((total // 2, total - total // 2))
+            return tuple(pads)
+        raise ctx.error(f"unknown padding {padding!r}: expected one of {PADDING_MODES}, "
+                        f"an int, or per-axis ints or (before, after) pairs")
+    return pad_pairs(padding, rank, ctx)
+
+
+def pad_pairs(padding, rank: int, ctx: OpContext) -> tuple[tuple[int, int], ...]:
+    """An int, ``rank`` ints, or ``rank`` ``(before, after)`` pairs, all >= 0, as pairs."""
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        padding = (padding,) * rank
+    ok = isinstance(padding, tuple | list) and len(padding) == rank
+    pairs = []
+    for p in padding if ok else ():
+        pair = (p, p) if isinstance(p, int) else p
+        if not (isinstance(pair, tuple | list) and len(pair) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                        for v in pair)):
+            ok = False
+            break
+        pairs.append(tuple(pair))
+    if not ok:
+        raise ctx.error(f"padding must be a mode string, an int >= 0, {rank} ints or {rank} "
+                        f"(before, after) pairs of ints >= 0, found {padding!r}")
+    return tuple(pairs)
+
+
+
