@@ -1,0 +1,41 @@
+"""Shared test fixtures: a private build cache for the session, the golden-file fixture."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Every build of the session (and of the processes it starts) goes to one fresh cache, so
+# the suite neither reads nor fills the user's own.
+if "CONVC_TEST_KEEP_CACHE" not in os.environ:
+    os.environ["CONVC_CACHE_DIR"] = tempfile.mkdtemp(prefix="convc-test-cache-")
+
+GOLDEN = Path(__file__).parent / "golden"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite the golden files from the current output")
+
+
+@pytest.fixture
+def golden(request):
+    """``golden(name, text)``: compare ``text`` with ``tests/golden/<name>`` (or rewrite it)."""
+    update = request.config.getoption("--update-golden")
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / name
+        if update or not path.exists():
+            if not update:
+                pytest.fail(f"golden file {path} is missing; run pytest --update-golden")
+            path.write_text(text)
+            return
+        assert text == path.read_text(), (
+            f"{name} differs from its golden file; review the change and run "
+            f"pytest --update-golden")
+
+    return check
