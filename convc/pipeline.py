@@ -19,6 +19,7 @@ from .codegen.emit import Buffer, emit_entry, emit_kernel, size_symbols
 from .codegen.names import NameTable, c_identifier
 from .errors import ConvcError, GraphError, InternalError
 from .graph import Graph, Node
+from .ir.affine import index_range
 from .ir.comprehension import ACC, Comprehension
 from .loops import Kernel
 from .lower import lower_node
@@ -64,10 +65,11 @@ def _stage(name: str, timings: dict[str, float], node: str = ""):
         where = f" at node {node!r}" if node else ""
         raise InternalError(f"this is a bug in convc: stage {name!r}{where} raised "
                             f"{type(e).__name__}: {e}") from e
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    timings[name] = timings.get(name, 0.0) + elapsed
     if os.environ.get("CONVC_DEBUG") == "1":
-        print(f"[convc] {name}{' ' + node if node else ''}: "
-              f"{timings[name] * 1e3:.1f} ms", file=sys.stderr)
+        print(f"[convc] {name}{' ' + node if node else ''}: {elapsed * 1e3:.1f} ms",
+              file=sys.stderr)
 
 
 def lower(graph: Graph, dtype: str = "float32") -> Lowered:
@@ -155,8 +157,6 @@ def _symbols(node: Node):
 
 def _extent(comp: Comprehension) -> tuple:
     """The shape of a scratch tensor: one past the largest index each axis writes."""
-    from .ir.affine import index_range
-
     extents = dict(comp.free)
     return tuple(index_range(i, extents)[1] + 1 for i in comp.output.indices)
 

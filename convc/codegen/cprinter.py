@@ -95,7 +95,7 @@ class CPrinter(C99CodePrinter):
             raise ValueError(f"access {expr} has {len(indices)} indices; tensor {name!r} "
                              f"has shape {tuple(shape)}")
         flat = indices[0]
-        for dim, index in zip(shape[1:], indices[1:]):
+        for dim, index in zip(shape[1:], indices[1:], strict=True):
             flat = flat * dim + index
         if sympy.sympify(flat).is_Integer:
             return f"{cname}[{flat}]"
@@ -108,7 +108,7 @@ class CPrinter(C99CodePrinter):
         """
         text, is_sum = self._int(indices[0]), _is_sum(indices[0])
         dims: list[sympy.Expr] = []
-        for dim, index in zip(shape[1:], indices[1:]):
+        for dim, index in zip(shape[1:], indices[1:], strict=True):
             dims.append(sympy.sympify(dim))
             if index == 0:
                 continue
@@ -125,9 +125,9 @@ class CPrinter(C99CodePrinter):
     def _scaled(self, text: str, is_sum: bool, dims: list[sympy.Expr]) -> str:
         """``text`` times the product of ``dims``, the integer ones folded into one number."""
         number = sympy.Mul(*(d for d in dims if d.is_Integer))
-        factors = [self.parenthesize(d, PRECEDENCE["Mul"], strict=True)
-                   for d in dims if not d.is_Integer and d != 1]
-        factors += [self._print(number)] if number != 1 else []
+        factors = [f"({self._int(d)})" if _is_sum(d) or d.is_Mul else self._int(d)
+                   for d in dims if not d.is_Integer]
+        factors += [str(number)] if number != 1 else []
         if not factors:
             return text
         return "*".join([f"({text})" if is_sum else text, *factors])

@@ -68,7 +68,8 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str) -> list[str]:
     p = printer.doprint
     if isinstance(stmt, Loop):
         v = stmt.var
-        head = f"{indent}for (int64_t {v} = {p(stmt.start)}; {v} < {p(stmt.stop)}; ++{v}) {{"
+        start, stop = printer.doprint_int(stmt.start), printer.doprint_int(stmt.stop)
+        head = f"{indent}for (int64_t {v} = {start}; {v} < {stop}; ++{v}) {{"
         body = [line for s in stmt.body for line in emit_stmt(s, printer, buffers,
                                                                indent + INDENT)]
         nested = any(isinstance(s, Loop) for s in stmt.body)
@@ -103,7 +104,7 @@ def emit_entry(fname: str, header: list[str], calls: list[tuple[str, list[str]]]
     lines = [f"/*{comment[2:]}\n */", f"int {fname}({params})", "{"]
     for b in temps:
         lines.append(f"{INDENT}{b.ctype} *{b.cname} = convc_alloc(sizeof({b.ctype}) * "
-                     f"(size_t)({printer.doprint(b.size)}));")
+                     f"(size_t)({printer.doprint_int(b.size)}));")
     if temps:
         missing = " || ".join(f"!{b.cname}" for b in temps)
         lines += [f"{INDENT}int status = CONVC_ERR_NOMEM;", f"{INDENT}if ({missing})",

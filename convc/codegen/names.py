@@ -11,28 +11,31 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-C_KEYWORDS = frozenset("""
-    auto break case char const continue default do double else enum extern float for goto if
-    inline int long register restrict return short signed sizeof static struct switch typedef
-    union unsigned void volatile while _Alignas _Alignof _Atomic _Bool _Complex _Generic
-    _Imaginary _Noreturn _Static_assert _Thread_local
-    alignas alignof bool constexpr false nullptr static_assert thread_local true typeof
-    typeof_unqual
-""".split())
+C_KEYWORDS = frozenset({
+    "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
+    "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long", "register",
+    "restrict", "return", "short", "signed", "sizeof", "static", "struct", "switch", "typedef",
+    "union", "unsigned", "void", "volatile", "while", "_Alignas", "_Alignof", "_Atomic",
+    "_Bool", "_Complex", "_Generic", "_Imaginary", "_Noreturn", "_Static_assert",
+    "_Thread_local", "alignas", "alignof", "bool", "constexpr", "false", "nullptr",
+    "static_assert", "thread_local", "true", "typeof", "typeof_unqual"
+})
 
 # Names from the headers generated code includes (math.h, stdlib.h, stdint.h, stddef.h):
 # a tensor called `exp` must not shadow the function its own kernel calls.
-LIBRARY_NAMES = frozenset("""
-    exp expf exp2 exp2f expm1 expm1f log logf log2 log2f log10 log10f log1p log1pf sqrt sqrtf
-    cbrt cbrtf pow powf fabs fabsf abs labs llabs tanh tanhf sinh cosh sin sinf cos cosf tan
-    asin acos atan atan2 erf erff erfc floor floorf ceil ceilf round roundf trunc truncf fmod
-    fmodf fmax fmaxf fmin fminf fma fmaf hypot copysign nan isnan isinf isfinite signbit
-    INFINITY NAN HUGE_VAL HUGE_VALF M_PI M_E errno
-    free malloc calloc realloc aligned_alloc posix_memalign abort exit atexit qsort memcpy
-    memmove memset main NULL EOF
-    size_t ptrdiff_t int8_t int16_t int32_t int64_t uint8_t uint16_t uint32_t uint64_t
-    intptr_t uintptr_t offsetof assert
-""".split())
+LIBRARY_NAMES = frozenset({
+    "exp", "expf", "exp2", "exp2f", "expm1", "expm1f", "log", "logf", "log2", "log2f", "log10",
+    "log10f", "log1p", "log1pf", "sqrt", "sqrtf", "cbrt", "cbrtf", "pow", "powf", "fabs",
+    "fabsf", "abs", "labs", "llabs", "tanh", "tanhf", "sinh", "cosh", "sin", "sinf", "cos",
+    "cosf", "tan", "asin", "acos", "atan", "atan2", "erf", "erff", "erfc", "floor", "floorf",
+    "ceil", "ceilf", "round", "roundf", "trunc", "truncf", "fmod", "fmodf", "fmax", "fmaxf",
+    "fmin", "fminf", "fma", "fmaf", "hypot", "copysign", "nan", "isnan", "isinf", "isfinite",
+    "signbit", "INFINITY", "NAN", "HUGE_VAL", "HUGE_VALF", "M_PI", "M_E", "errno", "free",
+    "malloc", "calloc", "realloc", "aligned_alloc", "posix_memalign", "abort", "exit", "atexit",
+    "qsort", "memcpy", "memmove", "memset", "main", "NULL", "EOF", "size_t", "ptrdiff_t",
+    "int8_t", "int16_t", "int32_t", "int64_t", "uint8_t", "uint16_t", "uint32_t", "uint64_t",
+    "intptr_t", "uintptr_t", "offsetof", "assert"
+})
 
 RESERVED = C_KEYWORDS | LIBRARY_NAMES
 
@@ -82,7 +85,7 @@ class NameTable:
         count = 1
         while ident in self._taken:
             count += 1
-            ident = f"{base}_{count}"
+            ident = c_identifier(f"{base}_{count}")  # "_" + "_2" would be reserved
         self._taken.add(ident)
         self._ids[name] = ident
         return ident
