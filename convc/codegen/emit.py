@@ -28,7 +28,7 @@ class Buffer:
     cname: str
     shape: tuple
     ctype: str
-    role: str  # "input", "param", "output" or "temp"
+    role: str  # "input", "param", "seed" (an output's gradient), "output", "grad" or "temp"
 
     @property
     def size(self) -> sympy.Expr:
@@ -96,8 +96,8 @@ def emit_entry(fname: str, header: list[str], calls: list[tuple[str, list[str]]]
     ``calls`` lists the node functions in order with their argument names.
     """
     temps = [b for b in buffers.values() if b.role == "temp"]
-    reads = [b.name for b in buffers.values() if b.role in ("input", "param")]
-    writes = [b.name for b in buffers.values() if b.role == "output"]
+    reads = [b.name for b in buffers.values() if b.role in ("input", "param", "seed")]
+    writes = [b.name for b in buffers.values() if b.role in ("output", "grad")]
     sizes = size_symbols(buffers.values())
     params = parameter_list(sizes, reads, writes, buffers, restrict=False)
     comment = "\n".join(f" * {c_comment(line)}".rstrip() for line in header)
