@@ -34,8 +34,8 @@ from collections.abc import Sequence
 import sympy
 
 from .errors import DerivationError
-from .ir.affine import affine_terms, invert_access, solve_inside
-from .ir.comprehension import ACC, Comprehension, Dim, Reduction
+from .ir.affine import affine_terms, index_range, invert_access, is_proven, solve_inside
+from .ir.comprehension import ACC, Comprehension, Dim, Reduction, row_major
 
 
 def grad_name(tensor: str) -> str:
@@ -49,21 +49,33 @@ def derive(comps: Sequence[Comprehension], seeds: set[str], wrt: set[str],
 
     ``comps`` is the forward pass in execution order; ``seeds`` are the tensors whose
     gradients are given. Intermediate gradients are computed where a path leads from a
-    tensor of ``wrt`` to a seed. Returns the zero fills of every gradient tensor, then
+    tensor of ``wrt`` to a seed. Returns the zero fills of every gradient tensor; what the
+    forward pass must also compute, by the tensor it goes with (the argmax of a max); and
     ``(forward comprehension, target, adjoint comprehensions)`` in the order they run.
     """
     needed = _tensors_needing_grad(comps, seeds, wrt)
-    steps = []
+    steps, saved = [], {}
     for comp in reversed(comps):
         if comp.tensor not in needed or comp.stop_gradient:
             continue
         upstream, pre = _upstream(comp)
+        if comp.reduction is Reduction.MAX:
+            saved[comp.tensor] = _argmax(comp)
+            upstream *= sympy.KroneckerDelta(row_major(comp.reduced), saved[comp.tensor].output)
         for target in comp.inputs():
             if target in wrt or (target in needed and target not in seeds):
                 steps.append((comp, target, pre + adjoint(comp, target, upstream, shapes)))
                 pre = []
     zeros = [_zero(grad_name(t), shapes[t]) for t in sorted(wrt | (needed - seeds))]
-    return zeros, steps
+    return zeros, saved, steps
+
+
+def _argmax(comp: Comprehension) -> Comprehension:
+    """Where the first maximum of each window is: the gradient of a max goes there only."""
+    index = sympy.IndexedBase(f"{comp.tensor}.argmax")[comp.output.indices]
+    return Comprehension(output=index, free=comp.free, reduced=comp.reduced,
+                         reduction=Reduction.ARGMAX, body=comp.body, fill=comp.fill,
+                         equation=comp.equation)
 
 
 def _tensors_needing_grad(comps, seeds: set[str], wrt: set[str]) -> set[str]:
@@ -85,9 +97,6 @@ def adjoint(comp: Comprehension, target: str, upstream: sympy.Expr,
 
     ``upstream`` is the gradient of ``comp``'s output point, from `_upstream`.
     """
-    if comp.reduction is Reduction.MAX:
-        raise DerivationError(f"{comp.tensor}: the gradient of a max reduction is not "
-                              f"derived yet")
     out = []
     for where, expr, domain in _terms(comp):
         for access in sorted(expr.atoms(sympy.Indexed), key=sympy.default_sort_key):
@@ -135,9 +144,12 @@ def _upstream(comp: Comprehension) -> tuple[sympy.Expr, list[Comprehension]]:
         raise DerivationError(f"{comp.tensor}: cannot express the derivative of "
                               f"{comp.final} through the output")
     value = dz * deriv
+    loop_vars = {d.var for d in comp.variables}
+    if not deriv.has(sympy.Indexed) and not deriv.free_symbols & loop_vars:
+        return value, []  # a constant factor such as 1/N
     if any(p.exp.is_negative for p in deriv.atoms(sympy.Pow) if p.base == z):
         value = sympy.Piecewise((value, sympy.Ne(z, 0)), (0, True))
-    free = [d.var for d in comp.free]
+    free = [d.var for d in comp.free] or [0]
     name = grad_name(f"{comp.tensor}.acc")
     acc_grad = sympy.IndexedBase(name)[free]
     pre = Comprehension(output=acc_grad, free=comp.free, body=value,
@@ -157,6 +169,10 @@ def _zero(name: str, shape: tuple) -> Comprehension:
 def gather(term: sympy.Expr, access: sympy.Indexed, domain: Sequence[Dim],
            comp: Comprehension, shape: tuple, where: str = "body") -> list[Comprehension]:
     """``grad:T[a(v)] += term(v)`` for every ``v`` of ``domain``, as gather comprehensions."""
+    single = {d.var: d.start for d in domain if d.extent == 1}  # a 1-wide range is a constant
+    if single:
+        term, access = term.xreplace(single), access.xreplace(single)
+        domain = [d for d in domain if d.var not in single]
     variables = [d.var for d in domain]
     dims = {d.var: d for d in domain}
     owner: dict[sympy.Symbol, int] = {}
@@ -213,11 +229,14 @@ def _solve_axis(axis: int, idx, size, dims, comp, access) -> list[dict | None]:
     if not coeffs:
         return [dict(free=(), reduced=(), subs={}, index=const)]
     if len(coeffs) == 1 or _is_radix(coeffs, dims):
-        free = [dims[v] for v in sorted(coeffs, key=lambda v: -coeffs[v])]
-        if len(coeffs) == 1:
-            (v, a), = coeffs.items()
-            start, stop = solve_inside(a, const, size)
-            free = [Dim(v, sympy.Max(dims[v].start, start), sympy.Min(dims[v].stop, stop))]
+        # one point of the domain per index: keep the variables, the smallest place inside
+        order = sorted(coeffs, key=lambda v: -coeffs[v])
+        free = [dims[v] for v in order]
+        lo, hi = index_range(idx, {v: dims[v].stop for v in order})
+        if not (is_proven(lo >= 0) and is_proven(hi <= size - 1)):
+            v = order[-1]
+            start, stop = solve_inside(coeffs[v], idx - coeffs[v] * v, size)
+            free[-1] = Dim(v, sympy.Max(dims[v].start, start), sympy.Min(dims[v].stop, stop))
         return [dict(free=tuple(free), reduced=(), subs={}, index=idx)]
     if len(coeffs) == 2 and all(c.is_positive for c in coeffs.values()):
         return _phases(axis, coeffs, const, size, dims, comp)

@@ -17,8 +17,8 @@ import sympy
 
 from .errors import DerivationError
 from .ir.affine import affine_terms, index_range, is_proven, solve_inside
-from .ir.comprehension import ACC, Comprehension, Reduction
-from .loops import Block, Kernel, Let, Loop, Stmt, Store, Update
+from .ir.comprehension import ACC, ARG, Comprehension, Reduction, row_major
+from .loops import ArgMaxUpdate, Block, Kernel, Let, Loop, Stmt, Store, Update
 
 
 def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple]) -> tuple[Stmt, ...]:
@@ -114,8 +114,14 @@ def _nest(comp: Comprehension, bounds, guards) -> tuple[Stmt, ...]:
     body = guard(comp.body)
     if comp.reduction is Reduction.NONE:
         stmts: tuple[Stmt, ...] = (Store(comp.output, body),)
+    elif comp.reduction is Reduction.ARGMAX:
+        inner: tuple[Stmt, ...] = (ArgMaxUpdate(body, row_major(comp.reduced)),)
+        for d in reversed(comp.reduced):
+            inner = (Loop(d.var, *bounds[d.var], inner),)
+        stmts = (Let(ACC, -sympy.oo), Let(ARG, sympy.Integer(-1)), *inner,
+                 Store(comp.output, ARG))
     else:
-        inner: tuple[Stmt, ...] = (Update(ACC, comp.reduction, body),)
+        inner = (Update(ACC, comp.reduction, body),)
         for d in reversed(comp.reduced):
             inner = (Loop(d.var, *bounds[d.var], inner),)
         init = comp.reduction.identity if comp.init is None else guard(comp.init)

@@ -20,7 +20,7 @@ from .codegen.names import NameTable, c_identifier
 from .errors import ConvcError, GraphError, InternalError
 from .graph import Graph, Node
 from .ir.affine import index_range
-from .ir.comprehension import ACC, Comprehension
+from .ir.comprehension import ACC, ARG, Comprehension, Reduction
 from .loops import Kernel
 from .autodiff import derive, grad_name
 from .lower import lower_node
@@ -168,7 +168,10 @@ def _backward(graph: Graph, forward: list[Step], wrt: list[str]) -> list[Step]:
     shapes = {n.name: n.shape for n in graph.nodes()}
     for c in comps:
         shapes.setdefault(c.tensor, _extent(c))
-    zeros, adjoints = derive(comps, set(graph.outputs), set(wrt), shapes)
+    zeros, saved, adjoints = derive(comps, set(graph.outputs), set(wrt), shapes)
+    for i, step in enumerate(forward):  # what the backward pass needs the forward to keep
+        extra = tuple(saved[c.tensor] for c in step.comps if c.tensor in saved)
+        forward[i] = Step(step.node, step.role, step.comps + extra)
     steps = [Step(graph.name, "zero", tuple(zeros))]
     merged: dict[tuple[str, str], list] = {}
     for comp, target, cs in adjoints:
@@ -218,7 +221,7 @@ def _buffers(graph, nodes, steps, wrt, float_type) -> dict[str, Buffer]:
     """Every tensor the C touches, with a unique C identifier, in argument order."""
     comps = [c for s in steps for c in s.comps]
     reserved = {str(d.var) for c in comps for d in c.variables}
-    reserved |= {str(ACC), "status", "done"} | {str(s) for n in nodes for s in _symbols(n)}
+    reserved |= {str(ACC), str(ARG), "v", "status", "done"} | {str(s) for n in nodes for s in _symbols(n)}
     table = NameTable(reserved)
     ctype = {"float": float_type, "int64": "int64_t"}
     nodes_by_name = {n.name: n for n in nodes}
@@ -247,7 +250,8 @@ def _buffers(graph, nodes, steps, wrt, float_type) -> dict[str, Buffer]:
         elif base in out:
             add(c.tensor, out[base].shape, "float", "temp")
         else:
-            add(c.tensor, _extent(c), "float", "temp")
+            dtype = "int64" if c.reduction is Reduction.ARGMAX else "float"
+            add(c.tensor, _extent(c), dtype, "temp")
     order = ("input", "param", "seed", "output", "grad", "temp")
     return dict(sorted(out.items(), key=lambda kv: order.index(kv[1].role)))
 

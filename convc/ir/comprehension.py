@@ -21,15 +21,26 @@ import sympy
 ACC = sympy.Symbol("acc")
 """The accumulator, as ``final`` refers to it."""
 
+ARG = sympy.Symbol("arg", integer=True)
+"""The position of the running maximum, in an argmax."""
+
 
 class Reduction(str, enum.Enum):
+    """How the body is folded over the reduced variables.
+
+    ``ARGMAX`` stores the row-major position, among the reduced variables' full ranges, of
+    the first maximum in scan order (-1 if no value exceeds -∞): what a max reduction's
+    gradient needs.
+    """
+
     NONE = "none"
     SUM = "sum"
     MAX = "max"
+    ARGMAX = "argmax"
 
     @property
     def identity(self) -> sympy.Expr:
-        return {Reduction.SUM: sympy.Integer(0), Reduction.MAX: -sympy.oo}[self]
+        return sympy.Integer(0) if self is Reduction.SUM else -sympy.oo
 
     def combine(self, acc: sympy.Expr, value: sympy.Expr) -> sympy.Expr:
         return acc + value if self is Reduction.SUM else sympy.Max(acc, value)
@@ -121,7 +132,8 @@ class Comprehension:
         value = math(self.body)
         if self.reduction is not Reduction.NONE:
             bound = ", ".join(map(str, self.reduced))
-            op = {Reduction.SUM: "Σ" if unicode else "sum", Reduction.MAX: "max"}[self.reduction]
+            op = "Σ" if unicode else "sum"
+            op = op if self.reduction is Reduction.SUM else self.reduction.value
             if isinstance(self.body, sympy.Add):
                 value = f"({value})"
             value = f"{op}_{{{bound}}} {value}"
@@ -133,6 +145,14 @@ class Comprehension:
         domain = ", ".join(map(str, self.free))
         text = f"{math(self.output)} = {value}"
         return f"{text}   for {domain}" if domain else text
+
+
+def row_major(dims) -> sympy.Expr:
+    """The row-major position of a point among ``dims``, each counted from its start."""
+    pos = sympy.Integer(0)
+    for d in dims:
+        pos = pos * d.extent + (d.var - d.start)
+    return pos
 
 
 def _ascii(expr: sympy.Expr) -> str:
