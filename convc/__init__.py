@@ -24,11 +24,14 @@ from .module import Module
 from .pipeline import Lowered, lower
 
 
-def compile(graph: Graph, dtype: str = "float32", *, sanitize: bool = False) -> Module:
+def compile(graph: Graph, dtype: str = "float32", *, grad=False,
+            sanitize: bool = False) -> Module:
     """Compile ``graph`` to C, build it into a shared library (cached) and load it.
 
-    ``dtype`` is ``"float32"`` or ``"float64"``. ``sanitize=True`` builds with
-    AddressSanitizer and UBSan (the host process must preload their runtimes).
+    ``dtype`` is ``"float32"`` or ``"float64"``. ``grad=True`` adds the backward pass for
+    every parameter (or give a list of parameters and inputs); see `Module`.
+    ``sanitize=True`` builds with AddressSanitizer and UBSan (the host process must
+    preload their runtimes).
 
     Examples
     --------
@@ -42,7 +45,7 @@ def compile(graph: Graph, dtype: str = "float32", *, sanitize: bool = False) -> 
     """
     from .build import build_library
 
-    lowered = lower(graph, dtype)
+    lowered = lower(graph, dtype, grad=grad)
     cdef = lowered.cdef + "\nconst char *convc_error_message(int code);"
     return Module(lowered, build_library(lowered.source, cdef, sanitize=sanitize))
 

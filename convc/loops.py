@@ -33,6 +33,14 @@ class Update:
 
 
 @dataclass(frozen=True)
+class ArgMaxUpdate:
+    """``if (value > acc) { acc = value; arg = index; }``: the first maximum wins."""
+
+    value: sympy.Expr
+    index: sympy.Expr
+
+
+@dataclass(frozen=True)
 class Store:
     target: sympy.Indexed
     value: sympy.Expr
@@ -54,7 +62,7 @@ class Loop:
     kind: LoopKind = LoopKind.SERIAL
 
 
-Stmt = Block | Loop | Let | Update | Store
+Stmt = Block | Loop | Let | Update | ArgMaxUpdate | Store
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,8 @@ def format_nest(stmts, indent: str = "") -> str:
             lines.append(format_nest(s.body, indent))
         elif isinstance(s, Let):
             lines.append(f"{indent}{s.var} = {s.value}")
+        elif isinstance(s, ArgMaxUpdate):
+            lines.append(f"{indent}if {s.value} > acc: acc, arg = {s.value}, {s.index}")
         elif isinstance(s, Update):
             op = "+=" if s.reduction is Reduction.SUM else "max="
             lines.append(f"{indent}{s.var} {op} {s.value}")

@@ -17,15 +17,17 @@ import sympy
 
 from .errors import DerivationError
 from .ir.affine import affine_terms, index_range, is_proven, solve_inside
-from .ir.comprehension import ACC, Comprehension, Reduction
-from .loops import Block, Kernel, Let, Loop, Stmt, Store, Update
+from .ir.comprehension import ACC, ARG, Comprehension, Reduction, row_major
+from .loops import ArgMaxUpdate, Block, Kernel, Let, Loop, Stmt, Store, Update
 
 
 def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple]) -> tuple[Stmt, ...]:
     """The loop nest of one comprehension; ``shapes`` gives every tensor it reads."""
-    bounds = {v: (sympy.Integer(0), e) for v, e in comp.variables}
+    bounds = {d.var: (d.start, d.stop) for d in comp.variables}
     guards = {}
     for access in comp.accesses():
+        if access in comp.inside:
+            continue
         unsafe = _unsafe_axes(comp, access, shapes)
         if not unsafe:
             continue
@@ -46,22 +48,32 @@ def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple]) -> tuple[
 def lower_node(node: str, inputs: tuple[str, ...], comps, shapes: dict[str, tuple]) -> Kernel:
     """The kernel of one graph node: its comprehensions lowered in order.
 
-    It reads the node's ``inputs`` that its comprehensions use, in the node's order, and
-    writes each comprehension's output (the op's scratch tensors, then the node's own).
+    It reads the tensors its comprehensions use (the node's ``inputs`` first, in their
+    order) and writes each comprehension's output, once each.
     """
     nests = tuple(s for c in comps for s in lower_comprehension(c, shapes))
-    writes = tuple(c.tensor for c in comps)
-    used = {t for c in comps for t in c.inputs()}
-    return Kernel(node, nests, tuple(t for t in inputs if t in used), writes)
+    writes = tuple(dict.fromkeys(c.tensor for c in comps))
+    used = {t for c in comps for t in c.inputs()} - set(writes)
+    reads = [t for t in inputs if t in used] + sorted(used - set(inputs))
+    return Kernel(node, nests, tuple(reads), writes)
 
 
 def _unsafe_axes(comp, access, shapes) -> list[tuple[sympy.Expr, sympy.Expr]]:
     """The (index, size) pairs of ``access`` that are not provably inside the tensor."""
-    extents = dict(comp.variables)
+    loop_vars = {d.var for d in comp.variables}
+    shift, extents = {}, {}
+    for d in comp.variables:
+        if (d.start.free_symbols | d.stop.free_symbols) & loop_vars:
+            extents = None  # bounds that depend on other loops: nothing is proven here
+            break
+        shift[d.var], extents[d.var] = d.var + d.start, d.extent
     shape = shapes[str(access.base.label)]
     unsafe = []
     for idx, size in zip(access.indices, shape):
-        lo, hi = index_range(idx, extents)
+        if extents is None:
+            unsafe.append((idx, size))
+            continue
+        lo, hi = index_range(idx.xreplace(shift), extents)
         if not (is_proven(lo >= 0) and is_proven(hi <= size - 1)):
             unsafe.append((idx, size))
     return unsafe
@@ -81,8 +93,8 @@ def _annihilates(comp: Comprehension, access, fill) -> bool:
 def _clip(comp: Comprehension, axis, bounds) -> bool:
     """Tighten the bounds of the single reduced variable of ``axis``'s index; False if none."""
     idx, size = axis
-    order = [v for v, _ in comp.reduced]
-    coeffs, _ = affine_terms(idx, [v for v, _ in comp.variables])
+    order = [d.var for d in comp.reduced]
+    coeffs, _ = affine_terms(idx, [d.var for d in comp.variables])
     mine = [v for v in coeffs if v in order]
     if len(mine) != 1:
         return False
@@ -102,15 +114,21 @@ def _nest(comp: Comprehension, bounds, guards) -> tuple[Stmt, ...]:
     body = guard(comp.body)
     if comp.reduction is Reduction.NONE:
         stmts: tuple[Stmt, ...] = (Store(comp.output, body),)
+    elif comp.reduction is Reduction.ARGMAX:
+        inner: tuple[Stmt, ...] = (ArgMaxUpdate(body, row_major(comp.reduced)),)
+        for d in reversed(comp.reduced):
+            inner = (Loop(d.var, *bounds[d.var], inner),)
+        stmts = (Let(ACC, -sympy.oo), Let(ARG, sympy.Integer(-1)), *inner,
+                 Store(comp.output, ARG))
     else:
-        inner: tuple[Stmt, ...] = (Update(ACC, comp.reduction, body),)
-        for v, _ in reversed(comp.reduced):
-            inner = (Loop(v, *bounds[v], inner),)
+        inner = (Update(ACC, comp.reduction, body),)
+        for d in reversed(comp.reduced):
+            inner = (Loop(d.var, *bounds[d.var], inner),)
         init = comp.reduction.identity if comp.init is None else guard(comp.init)
         final = ACC if comp.final is None else guard(comp.final)
         stmts = (Let(ACC, init), *inner, Store(comp.output, final))
     if not comp.free and comp.reduction is not Reduction.NONE:
         return (Block(stmts),)
-    for v, _ in reversed(comp.free):
-        stmts = (Loop(v, *bounds[v], stmts),)
+    for d in reversed(comp.free):
+        stmts = (Loop(d.var, *bounds[d.var], stmts),)
     return stmts

@@ -15,6 +15,7 @@ import sympy
 from .build import Library
 from .errors import ArgumentError, ExecutionError
 from .ops import fmt
+from .autodiff import grad_name
 from .pipeline import Lowered
 
 NUMPY = {"float32": np.float32, "float64": np.float64}
@@ -23,7 +24,10 @@ NUMPY = {"float32": np.float32, "float64": np.float64}
 class Module:
     """A compiled network: ``module(**arrays)`` runs its forward pass.
 
-    One output comes back as an array; several come back as a dict by name.
+    One output comes back as an array; several come back as a dict by name. A module
+    compiled with ``grad`` also runs the backward pass and returns ``(outputs, grads)``,
+    ``grads`` a dict from each differentiated tensor's name to its gradient. It takes the
+    gradient of each output as ``grad:<output>``; a 0-d output (a loss) defaults to 1.
     """
 
     def __init__(self, lowered: Lowered, library: Library):
@@ -95,27 +99,34 @@ class Module:
         return params
 
     def __call__(self, **arrays):
-        sizes, args = self._check(arrays)
-        outputs = {}
+        sizes, args = self._check(self._with_default_seeds(arrays))
         for b in self.lowered.arguments():
-            if b.role == "output":
+            if b.role in ("output", "grad"):
                 shape = tuple(int(sympy.sympify(d).subs(sizes)) for d in b.shape)
-                outputs[b.name] = np.empty(shape, NUMPY[self.dtype])
+                args[b.name] = np.empty(shape, NUMPY[self.dtype])
         ffi = self._ffi
         pointers = [sizes[s] for s in self.lowered.sizes]
         for b in self.lowered.arguments():
-            a = outputs[b.name] if b.role == "output" else args[b.name]
-            pointers.append(ffi.cast(f"{b.ctype} *", a.ctypes.data))
+            pointers.append(ffi.cast(f"{b.ctype} *", args[b.name].ctypes.data))
         status = self._entry(*pointers)
         if status != 0:
             message = ffi.string(self._lib.convc_error_message(status)).decode()
             raise ExecutionError(f"{self.lowered.entry} failed with code {status}: {message}")
-        if len(outputs) == 1:
-            return next(iter(outputs.values()))
-        return outputs
+        outputs = {n: args[n] for n in self.outputs}
+        result = next(iter(outputs.values())) if len(outputs) == 1 else outputs
+        if not self.lowered.wrt:
+            return result
+        return result, {n: args[grad_name(n)] for n in self.lowered.wrt}
+
+    def _with_default_seeds(self, arrays: dict) -> dict:
+        """A 0-d output's gradient defaults to 1: differentiating a loss needs no seed."""
+        for b in self.lowered.arguments():
+            if b.role == "seed" and not b.shape and b.name not in arrays:
+                arrays = {**arrays, b.name: np.ones((), NUMPY[self.dtype])}
+        return arrays
 
     def _check(self, arrays: dict) -> tuple[dict, dict[str, np.ndarray]]:
-        expected = [b for b in self.lowered.arguments() if b.role != "output"]
+        expected = [b for b in self.lowered.arguments() if b.role in ("input", "param", "seed")]
         names = [b.name for b in expected]
         unknown = sorted(set(arrays) - set(names))
         missing = [n for n in names if n not in arrays]

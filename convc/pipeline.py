@@ -20,13 +20,28 @@ from .codegen.names import NameTable, c_identifier
 from .errors import ConvcError, GraphError, InternalError
 from .graph import Graph, Node
 from .ir.affine import index_range
-from .ir.comprehension import ACC, Comprehension
+from .ir.comprehension import ACC, ARG, Comprehension, Reduction
 from .loops import Kernel
+from .autodiff import derive, grad_name
 from .lower import lower_node
 from .ops import fmt
 from .ops.source import Input, Param
 
 DTYPES = {"float32": "float", "float64": "double"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One C function: the comprehensions of one node in one role.
+
+    Roles: ``fwd`` (the forward pass), ``zero`` (clearing the gradient buffers), and
+    ``d<what>`` for the gradient a node sends to one of its inputs (``dinput``,
+    ``dweight``, ``dbias``).
+    """
+
+    node: str
+    role: str
+    comps: tuple[Comprehension, ...]
 
 
 @dataclass(frozen=True)
@@ -36,10 +51,11 @@ class Lowered:
     graph: Graph
     dtype: str
     nodes: tuple[Node, ...]
+    wrt: tuple[str, ...]
+    steps: tuple[Step, ...]
     buffers: dict[str, Buffer]
-    comprehensions: dict[str, tuple[Comprehension, ...]]
-    kernels: dict[str, Kernel]
-    functions: dict[str, str]
+    kernels: dict[Step, Kernel]
+    functions: dict[Step, str]
     entry: str
     source: str
     cdef: str
@@ -49,8 +65,18 @@ class Lowered:
     def sizes(self) -> list:
         return size_symbols(self.buffers.values())
 
+    @property
+    def comprehensions(self) -> dict[str, tuple[Comprehension, ...]]:
+        """The forward comprehensions of each computed node."""
+        return {s.node: s.comps for s in self.steps if s.role == "fwd"}
+
+    def derivatives(self, node: str) -> list[Step]:
+        """The backward steps of ``node``."""
+        return [s for s in self.steps if s.node == node and s.role not in ("fwd", "zero")]
+
     def arguments(self) -> list[Buffer]:
-        """The entry point's array arguments, in order: inputs, parameters, outputs."""
+        """The entry point's array arguments, in order: inputs, parameters, output
+        gradients given (seeds), outputs, gradients computed."""
         return [b for b in self.buffers.values() if b.role != "temp"]
 
 
@@ -72,8 +98,12 @@ def _stage(name: str, timings: dict[str, float], node: str = ""):
               file=sys.stderr)
 
 
-def lower(graph: Graph, dtype: str = "float32") -> Lowered:
+def lower(graph: Graph, dtype: str = "float32", grad=False) -> Lowered:
     """Run every stage up to the generated C.
+
+    ``grad`` adds the backward pass: ``True`` for the gradients of every parameter, or a
+    list of the parameters and inputs to differentiate. The outputs' gradients are then
+    arguments (``grad:<output>``) and the parameters' gradients results.
 
     Examples
     --------
@@ -89,27 +119,87 @@ def lower(graph: Graph, dtype: str = "float32") -> Lowered:
         raise GraphError(f"expected a convc.Graph, found {type(graph).__name__}")
     timings: dict[str, float] = {}
     nodes = _nodes_to_run(graph)
-    comps: dict[str, tuple[Comprehension, ...]] = {}
+    wrt = _wrt(graph, nodes, grad)
+    steps = []
     for node in nodes:
         if not node.is_source:
             with _stage("comprehensions", timings, node.name):
                 shapes = tuple(graph.node(i).shape for i in node.inputs)
-                comps[node.name] = node.op.comprehensions(node.name, node.inputs, shapes,
-                                                          node.shape)
+                comps = node.op.comprehensions(node.name, node.inputs, shapes, node.shape)
+                steps.append(Step(node.name, "fwd", tuple(comps)))
+    if wrt:
+        with _stage("derive", timings):
+            steps += _backward(graph, steps, wrt)
     with _stage("buffers", timings):
-        buffers = _buffers(graph, nodes, comps, DTYPES[dtype])
+        buffers = _buffers(graph, nodes, steps, wrt, DTYPES[dtype])
     shapes = {name: b.shape for name, b in buffers.items()}
     kernels = {}
-    for name, cs in comps.items():
-        with _stage("lower", timings, name):
-            kernels[name] = lower_node(name, graph.node(name).inputs, cs, shapes)
+    for step in steps:
+        with _stage("lower", timings, step.node):
+            kernels[step] = lower_node(step.node, _reads(graph, step), step.comps, shapes)
     with _stage("emit", timings):
         gname = c_identifier(graph.name)
-        functions = {n: f"convc_{gname}_{buffers[n].cname}_fwd" for n in kernels}
-        entry = f"convc_{gname}_forward"
-        source, cdef = _emit(graph, nodes, comps, kernels, functions, entry, buffers, dtype)
-    return Lowered(graph, dtype, tuple(nodes), buffers, comps, kernels, functions, entry,
-                   source, cdef, timings)
+        functions = {s: _function_name(gname, s, buffers) for s in steps}
+        entry = f"convc_{gname}_{'train' if wrt else 'forward'}"
+        source, cdef = _emit(graph, steps, kernels, functions, entry, buffers, dtype)
+    return Lowered(graph, dtype, tuple(nodes), tuple(wrt), tuple(steps), buffers, kernels,
+                   functions, entry, source, cdef, timings)
+
+
+def _wrt(graph: Graph, nodes, grad) -> list[str]:
+    """The tensors to differentiate with respect to."""
+    if grad is False or grad is None:
+        return []
+    if grad is True:
+        return [n.name for n in nodes if isinstance(n.op, Param)]
+    names = [grad] if isinstance(grad, str) else list(grad)
+    for name in names:
+        node = graph.node(name)
+        if not node.is_source or node.dtype != "float":
+            raise GraphError(f"grad: {name!r} is not a float input or parameter of graph "
+                             f"{graph.name!r}")
+    return names
+
+
+def _backward(graph: Graph, forward: list[Step], wrt: list[str]) -> list[Step]:
+    """The steps of the backward pass: zero the gradients, then each adjoint in turn."""
+    owner = {c.tensor: s.node for s in forward for c in s.comps}
+    comps = [c for s in forward for c in s.comps]
+    shapes = {n.name: n.shape for n in graph.nodes()}
+    for c in comps:
+        shapes.setdefault(c.tensor, _extent(c))
+    zeros, saved, adjoints = derive(comps, set(graph.outputs), set(wrt), shapes)
+    for i, step in enumerate(forward):  # what the backward pass needs the forward to keep
+        extra = tuple(saved[c.tensor] for c in step.comps if c.tensor in saved)
+        forward[i] = Step(step.node, step.role, step.comps + extra)
+    steps = [Step(graph.name, "zero", tuple(zeros))]
+    merged: dict[tuple[str, str], list] = {}
+    for comp, target, cs in adjoints:
+        node = graph.node(owner[comp.tensor])
+        merged.setdefault((node.name, _role(node, target)), []).extend(cs)
+    steps += [Step(node, role, tuple(cs)) for (node, role), cs in merged.items()]
+    return steps
+
+
+def _role(node: Node, target: str) -> str:
+    """``dweight``/``dbias`` for a parameter, ``dinput`` (or ``dinput1``…) for data."""
+    if target.startswith(f"{node.name}."):
+        return "d" + target[len(node.name) + 1:]
+    if target not in node.inputs:
+        return "dscratch"
+    data = [i for i in node.inputs if not i.startswith(f"{node.name}.")]
+    return "dinput" if len(data) == 1 else f"dinput{data.index(target)}"
+
+
+def _reads(graph: Graph, step: Step) -> tuple[str, ...]:
+    """The order a step's function takes its inputs in: the node's, then the others."""
+    return graph.node(step.node).inputs if step.role == "fwd" else ()
+
+
+def _function_name(gname: str, step: Step, buffers) -> str:
+    if step.role == "zero":
+        return f"convc_{gname}_zero_grads"
+    return f"convc_{gname}_{buffers[step.node].cname}_{step.role}"
 
 
 def _nodes_to_run(graph: Graph) -> list[Node]:
@@ -127,27 +217,43 @@ def _nodes_to_run(graph: Graph) -> list[Node]:
     return [n for n in graph.nodes() if n.is_source or n.name in needed]
 
 
-def _buffers(graph, nodes, comps, float_type) -> dict[str, Buffer]:
-    """Every tensor the C touches, with a unique C identifier, sources first."""
-    reserved = {str(v) for cs in comps.values() for c in cs for v, _ in c.variables}
-    reserved |= {str(ACC), "status", "done"} | {str(s) for n in nodes for s in _symbols(n)}
+def _buffers(graph, nodes, steps, wrt, float_type) -> dict[str, Buffer]:
+    """Every tensor the C touches, with a unique C identifier, in argument order."""
+    comps = [c for s in steps for c in s.comps]
+    reserved = {str(d.var) for c in comps for d in c.variables}
+    reserved |= {str(ACC), str(ARG), "v", "status", "done"} | {str(s) for n in nodes for s in _symbols(n)}
     table = NameTable(reserved)
     ctype = {"float": float_type, "int64": "int64_t"}
-    out = {}
+    nodes_by_name = {n.name: n for n in nodes}
+    out: dict[str, Buffer] = {}
+
+    def add(name: str, shape, dtype: str, role: str) -> None:
+        if name not in out:
+            out[name] = Buffer(name, table.add(name), tuple(shape), ctype[dtype], role)
+
     for role, kind in (("input", Input), ("param", Param)):
         for n in nodes:
             if isinstance(n.op, kind):
-                out[n.name] = Buffer(n.name, table.add(n.name), n.shape, ctype[n.dtype], role)
-    for n in nodes:
-        if n.name in comps:
-            role = "output" if n.name in graph.outputs else "temp"
-            for c in comps[n.name][:-1]:  # an op's own scratch tensors
-                out[c.tensor] = Buffer(c.tensor, table.add(c.tensor), _extent(c), float_type,
-                                       "temp")
-            out[n.name] = Buffer(n.name, table.add(n.name), n.shape, ctype[n.dtype], role)
-    # outputs last, in the order the user marked them
-    return {k: v for k, v in out.items() if v.role != "output"} | {
-        name: out[name] for name in graph.outputs}
+                add(n.name, n.shape, n.dtype, role)
+    if wrt:
+        for name in graph.outputs:
+            add(grad_name(name), nodes_by_name[name].shape, "float", "seed")
+    for name in graph.outputs:
+        add(name, nodes_by_name[name].shape, nodes_by_name[name].dtype, "output")
+    for name in wrt:
+        add(grad_name(name), nodes_by_name[name].shape, "float", "grad")
+    for c in comps:
+        base = c.tensor[len("grad:"):] if c.tensor.startswith("grad:") else None
+        if c.tensor in nodes_by_name:
+            node = nodes_by_name[c.tensor]
+            add(c.tensor, node.shape, node.dtype, "temp")
+        elif base in out:
+            add(c.tensor, out[base].shape, "float", "temp")
+        else:
+            dtype = "int64" if c.reduction is Reduction.ARGMAX else "float"
+            add(c.tensor, _extent(c), dtype, "temp")
+    order = ("input", "param", "seed", "output", "grad", "temp")
+    return dict(sorted(out.items(), key=lambda kv: order.index(kv[1].role)))
 
 
 def _symbols(node: Node):
@@ -157,38 +263,43 @@ def _symbols(node: Node):
 
 def _extent(comp: Comprehension) -> tuple:
     """The shape of a scratch tensor: one past the largest index each axis writes."""
-    extents = dict(comp.free)
+    extents = {d.var: d.stop for d in comp.free}
     return tuple(index_range(i, extents)[1] + 1 for i in comp.output.indices)
 
 
-def _emit(graph, nodes, comps, kernels, functions, entry, buffers, dtype):
+def _emit(graph, steps, kernels, functions, entry, buffers, dtype):
     printer = CPrinter(dtype, {n: (b.cname, b.shape) for n, b in buffers.items()})
-    parts = [f"/* Generated by convc from graph {_quote(graph.name)}: the forward pass. */",
+    what = "the forward and backward passes" if "grad" in _roles(buffers) else "the forward pass"
+    parts = [f"/* Generated by convc from graph {_quote(graph.name)}: {what}. */",
              "#include <math.h>", "#include <stdint.h>", "#include <stdlib.h>", "",
              '#include "convc_runtime.h"', ""]
     calls = []
-    for node in nodes:
-        if node.name not in kernels:
-            continue
-        kernel = kernels[node.name]
-        parts += [emit_kernel(kernel, functions[node.name],
-                              _header(graph, node, comps[node.name], buffers), buffers,
-                              printer), ""]
+    for step in steps:
+        kernel = kernels[step]
+        parts += [emit_kernel(kernel, functions[step], _header(graph, step, buffers),
+                              buffers, printer), ""]
         sizes = size_symbols(buffers[t] for t in kernel.reads + kernel.writes)
         args = [str(s) for s in sizes] + [buffers[t].cname for t in kernel.reads + kernel.writes]
-        calls.append((functions[node.name], args))
-    header = [f"graph {_quote(graph.name)}: forward pass; returns a CONVC_* status code"]
-    for role in ("input", "param", "output"):
-        for b in buffers.values():
-            if b.role == role:
-                header.append(f"  {role} {_quote(b.name)} {fmt(b.shape)} -> {b.cname}")
+        calls.append((functions[step], args))
+    header = [f"graph {_quote(graph.name)}: {what}; returns a CONVC_* status code"]
+    for b in buffers.values():
+        if b.role != "temp":
+            header.append(f"  {b.role} {_quote(b.name)} {fmt(b.shape)} -> {b.cname}")
     text, cdef = emit_entry(entry, header, calls, buffers, printer)
     return "\n".join(parts + [text, ""]), cdef
 
 
-def _header(graph, node: Node, comps, buffers) -> list[str]:
-    lines = [f"node {_quote(node.name)} ({node.op.kind}) at {node.source}"]
-    for c in comps:
+def _roles(buffers) -> set[str]:
+    return {b.role for b in buffers.values()}
+
+
+def _header(graph, step: Step, buffers) -> list[str]:
+    if step.role == "zero":
+        return [f"graph {_quote(graph.name)}: every gradient starts at 0"]
+    node = graph.node(step.node)
+    what = "" if step.role == "fwd" else f", gradient {step.role}"
+    lines = [f"node {_quote(node.name)} ({node.op.kind}{what}) at {node.source}"]
+    for c in step.comps:
         tag = f"  [{c.equation}]" if c.equation else ""
         lines.append(f"  {c.text(unicode=False)}{tag}")
     ins = ", ".join(f"{_quote(i)} {fmt(graph.node(i).shape)}" for i in node.inputs)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import sympy
 
 from ..ir.comprehension import Reduction
-from ..loops import Block, Kernel, Let, Loop, Store, Update
+from ..loops import ArgMaxUpdate, Block, Kernel, Let, Loop, Store, Update
 from .cprinter import CPrinter
 from .names import c_comment
 
@@ -28,7 +28,7 @@ class Buffer:
     cname: str
     shape: tuple
     ctype: str
-    role: str  # "input", "param", "output" or "temp"
+    role: str  # "input", "param", "seed" (an output's gradient), "output", "grad" or "temp"
 
     @property
     def size(self) -> sympy.Expr:
@@ -79,7 +79,14 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str) -> list[str]:
                                                                 indent + INDENT)]
         return [f"{indent}{{", *inner, f"{indent}}}"]
     if isinstance(stmt, Let):
-        return [f"{indent}{printer.float_type} {stmt.var} = {p(stmt.value)};"]
+        ctype = "int64_t" if stmt.var.is_integer else printer.float_type
+        return [f"{indent}{ctype} {stmt.var} = {p(stmt.value)};"]
+    if isinstance(stmt, ArgMaxUpdate):
+        inner = indent + INDENT
+        return [f"{indent}{{", f"{inner}{printer.float_type} v = {p(stmt.value)};",
+                f"{inner}if (v > acc) {{", f"{inner}{INDENT}acc = v;",
+                f"{inner}{INDENT}arg = {printer.doprint_int(stmt.index)};",
+                f"{inner}}}", f"{indent}}}"]
     if isinstance(stmt, Update):
         if stmt.reduction is Reduction.SUM:
             return [f"{indent}{stmt.var} += {p(stmt.value)};"]
@@ -96,8 +103,8 @@ def emit_entry(fname: str, header: list[str], calls: list[tuple[str, list[str]]]
     ``calls`` lists the node functions in order with their argument names.
     """
     temps = [b for b in buffers.values() if b.role == "temp"]
-    reads = [b.name for b in buffers.values() if b.role in ("input", "param")]
-    writes = [b.name for b in buffers.values() if b.role == "output"]
+    reads = [b.name for b in buffers.values() if b.role in ("input", "param", "seed")]
+    writes = [b.name for b in buffers.values() if b.role in ("output", "grad")]
     sizes = size_symbols(buffers.values())
     params = parameter_list(sizes, reads, writes, buffers, restrict=False)
     comment = "\n".join(f" * {c_comment(line)}".rstrip() for line in header)

@@ -57,3 +57,44 @@ def solve_inside(a: sympy.Expr, rest: sympy.Expr, size: sympy.Expr):
     if a > 0:
         return sympy.ceiling(-rest / a), sympy.floor((size - 1 - rest) / a) + 1
     return sympy.ceiling((size - 1 - rest) / a), sympy.floor(-rest / a) + 1
+
+
+# --- provisional (replaced by the tested solver) ---
+from dataclasses import dataclass as _dc
+
+
+@_dc(frozen=True)
+class Phase:
+    phi: int
+    empty: bool
+    u: sympy.Symbol = None
+    t: sympy.Symbol = None
+    u_start: sympy.Expr = None
+    u_stop: sympy.Expr = None
+    t_start: sympy.Expr = None
+    t_stop: sympy.Expr = None
+    m: sympy.Expr = None
+    j: sympy.Expr = None
+    i: sympy.Expr = None
+
+
+def invert_access(s, d, p, J, M, I):
+    import math
+    u, t = sympy.Symbol("u", integer=True), sympy.Symbol("t", integer=True)
+    g = math.gcd(s, d)
+    s_, d_ = s // g, d // g
+    out = []
+    for phi in range(s):
+        if phi % g:
+            out.append(Phase(phi, True))
+            continue
+        m0 = (phi // g) * pow(d_, -1, s_) % s_ if s_ > 1 else 0
+        c0 = (phi // g - d_ * m0) // s_
+        out.append(Phase(
+            phi, False, u, t,
+            sympy.ceiling(sympy.Rational(1, s) * (p - phi)),
+            sympy.floor(sympy.Rational(1, s) * (I - 1 + p - phi)) + 1,
+            sympy.Max(0, sympy.floor((u + c0 - J) / sympy.Integer(d_)) + 1),
+            sympy.Min(sympy.ceiling((M - m0) / sympy.Integer(s_)), sympy.floor((u + c0) / sympy.Integer(d_)) + 1),
+            m0 + s_ * t, u + c0 - d_ * t, s * u + phi - p))
+    return tuple(out)

@@ -14,49 +14,97 @@ the stored value (a mean divides by a count); both may read the free variables.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import sympy
 
 ACC = sympy.Symbol("acc")
 """The accumulator, as ``final`` refers to it."""
 
+ARG = sympy.Symbol("arg", integer=True)
+"""The position of the running maximum, in an argmax."""
+
 
 class Reduction(str, enum.Enum):
+    """How the body is folded over the reduced variables.
+
+    ``ARGMAX`` stores the row-major position, among the reduced variables' full ranges, of
+    the first maximum in scan order (-1 if no value exceeds -∞): what a max reduction's
+    gradient needs.
+    """
+
     NONE = "none"
     SUM = "sum"
     MAX = "max"
+    ARGMAX = "argmax"
 
     @property
     def identity(self) -> sympy.Expr:
-        return {Reduction.SUM: sympy.Integer(0), Reduction.MAX: -sympy.oo}[self]
+        return sympy.Integer(0) if self is Reduction.SUM else -sympy.oo
 
     def combine(self, acc: sympy.Expr, value: sympy.Expr) -> sympy.Expr:
         return acc + value if self is Reduction.SUM else sympy.Max(acc, value)
 
 
 @dataclass(frozen=True)
+class Dim:
+    """An index variable and its range ``start <= var < stop``.
+
+    The bounds may use variables that come before it (a derived input gradient bounds its
+    kernel tap by the output position it gathers for).
+    """
+
+    var: sympy.Symbol
+    start: sympy.Expr
+    stop: sympy.Expr
+
+    @classmethod
+    def of(cls, spec) -> Dim:
+        """From a `Dim`, ``(var, extent)`` or ``(var, start, stop)``."""
+        if isinstance(spec, Dim):
+            return spec
+        var, *bounds = spec
+        start, stop = (0, *bounds) if len(bounds) == 1 else bounds
+        return cls(var, sympy.sympify(start), sympy.sympify(stop))
+
+    @property
+    def extent(self) -> sympy.Expr:
+        return self.stop - self.start
+
+    def __str__(self) -> str:
+        if self.start == 0:
+            return f"{self.var} < {self.stop}"
+        return f"{self.start} <= {self.var} < {self.stop}"
+
+
+@dataclass(frozen=True)
 class Comprehension:
-    """``output = final(init ⊕ reduce_{reduced} body)`` for every point of ``free``."""
+    """``output = final(init ⊕ reduce_{reduced} body)`` for every point of ``free``.
+
+    ``free`` and ``reduced`` take `Dim`s or ``(var, extent)`` pairs. ``inside`` lists
+    accesses that the derivation proved stay inside their tensors; ``stop_gradient`` marks a
+    value that the result does not depend on in exact arithmetic (softmax's shift by the
+    row maximum), so no gradient flows through it.
+    """
 
     output: sympy.Indexed
-    free: tuple[tuple[sympy.Symbol, sympy.Expr], ...]
+    free: tuple[Dim, ...]
     body: sympy.Expr
-    reduced: tuple[tuple[sympy.Symbol, sympy.Expr], ...] = ()
+    reduced: tuple[Dim, ...] = ()
     reduction: Reduction = Reduction.NONE
     init: sympy.Expr | None = None
     final: sympy.Expr | None = None
     fill: tuple[tuple[str, sympy.Expr], ...] = ()
     equation: str = ""
-    note: str = field(default="", compare=False)
+    inside: frozenset = frozenset()
+    stop_gradient: bool = False
 
     def __post_init__(self):
         for name in ("free", "reduced"):
-            pairs = tuple((v, sympy.sympify(e)) for v, e in getattr(self, name))
-            object.__setattr__(self, name, pairs)
+            object.__setattr__(self, name, tuple(Dim.of(d) for d in getattr(self, name)))
 
     @property
-    def variables(self) -> tuple[tuple[sympy.Symbol, sympy.Expr], ...]:
+    def variables(self) -> tuple[Dim, ...]:
         return self.free + self.reduced
 
     @property
@@ -83,8 +131,9 @@ class Comprehension:
         math = _math if unicode else _ascii
         value = math(self.body)
         if self.reduction is not Reduction.NONE:
-            bound = ", ".join(f"{v} < {e}" for v, e in self.reduced)
-            op = {Reduction.SUM: "Σ" if unicode else "sum", Reduction.MAX: "max"}[self.reduction]
+            bound = ", ".join(map(str, self.reduced))
+            op = "Σ" if unicode else "sum"
+            op = op if self.reduction is Reduction.SUM else self.reduction.value
             if isinstance(self.body, sympy.Add):
                 value = f"({value})"
             value = f"{op}_{{{bound}}} {value}"
@@ -93,9 +142,17 @@ class Comprehension:
                          else f"max({math(self.init)}, {value})")
             if self.final is not None:
                 value = math(self.final).replace(str(ACC), f"({value})")
-        domain = ", ".join(f"{v} < {e}" for v, e in self.free)
+        domain = ", ".join(map(str, self.free))
         text = f"{math(self.output)} = {value}"
         return f"{text}   for {domain}" if domain else text
+
+
+def row_major(dims) -> sympy.Expr:
+    """The row-major position of a point among ``dims``, each counted from its start."""
+    pos = sympy.Integer(0)
+    for d in dims:
+        pos = pos * d.extent + (d.var - d.start)
+    return pos
 
 
 def _ascii(expr: sympy.Expr) -> str:

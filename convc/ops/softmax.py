@@ -30,7 +30,7 @@ def _max_and_sum(x: str, out: str, shape: tuple):
     free = ((n, shape[0]), *zip(rest, shape[2:]))
     comps = (
         Comprehension(output=M, free=free, reduced=((c, shape[1]),),
-                      reduction=Reduction.MAX, body=X),
+                      reduction=Reduction.MAX, body=X, stop_gradient=True),
         Comprehension(output=S, free=free, reduced=((c, shape[1]),),
                       reduction=Reduction.SUM, body=sympy.exp(X - M)),
     )

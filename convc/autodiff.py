@@ -1,0 +1,278 @@
+"""Derivation layer: the adjoint of a comprehension is again a comprehension.
+
+Reverse mode over the comprehensions of a graph. For a forward comprehension
+
+    Z[o(F)] = final(init(F) + Σ_R body(F, R))
+
+and one access ``A = T[a(F, R)]`` of an input tensor ``T``, the chain rule gives the
+*scatter*  ``dT[a(F, R)] += dZ[o(F)] · final'(acc) · ∂body/∂A``  for every point (F, R).
+`gather` turns it around into a comprehension over the indices of ``dT``, which is what a
+loop nest can compute without write conflicts, by solving ``a(F, R) = t`` axis by axis:
+
+* an axis indexed by one variable, or by an affine split of several (``g·C' + c``: groups),
+  keeps those variables as free variables of the adjoint;
+* an axis indexed by two variables with coefficients ``s`` and ``d`` (``s·j + d·m - p``:
+  a strided, dilated convolution) is solved by `affine.invert_access`: one comprehension
+  per phase ``(t + p) mod s``, with tight floor/ceil bounds and no modulo left inside;
+* a variable that indexes no axis of ``T`` (the output channel, for the input gradient) is
+  summed over.
+
+The kernel gradient g (9.11) needs no solving: every axis of the kernel is indexed by its
+own variable, so the spatial output positions just become the reduced variables. The input
+gradient h (9.12-9.13) is the polyphase gather above.
+
+Every gradient tensor is zeroed first and then accumulates each contribution, so a tensor
+read by several accesses, several comprehensions or several nodes (shared weights) gets the
+sum of its gradients.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import sympy
+
+from .errors import DerivationError
+from .ir.affine import affine_terms, index_range, invert_access, is_proven, solve_inside
+from .ir.comprehension import ACC, Comprehension, Dim, Reduction, row_major
+
+
+def grad_name(tensor: str) -> str:
+    """The name of the gradient tensor of ``tensor``."""
+    return f"grad:{tensor}"
+
+
+def derive(comps: Sequence[Comprehension], seeds: set[str], wrt: set[str],
+           shapes: dict[str, tuple]) -> tuple[list[Comprehension], list[tuple]]:
+    """The comprehensions computing ``grad:T`` for every ``T`` in ``wrt``.
+
+    ``comps`` is the forward pass in execution order; ``seeds`` are the tensors whose
+    gradients are given. Intermediate gradients are computed where a path leads from a
+    tensor of ``wrt`` to a seed. Returns the zero fills of every gradient tensor; what the
+    forward pass must also compute, by the tensor it goes with (the argmax of a max); and
+    ``(forward comprehension, target, adjoint comprehensions)`` in the order they run.
+    """
+    needed = _tensors_needing_grad(comps, seeds, wrt)
+    steps, saved = [], {}
+    for comp in reversed(comps):
+        if comp.tensor not in needed or comp.stop_gradient:
+            continue
+        upstream, pre = _upstream(comp)
+        if comp.reduction is Reduction.MAX:
+            saved[comp.tensor] = _argmax(comp)
+            upstream *= sympy.KroneckerDelta(row_major(comp.reduced), saved[comp.tensor].output)
+        for target in comp.inputs():
+            if target in wrt or (target in needed and target not in seeds):
+                steps.append((comp, target, pre + adjoint(comp, target, upstream, shapes)))
+                pre = []
+    zeros = [_zero(grad_name(t), shapes[t]) for t in sorted(wrt | (needed - seeds))]
+    return zeros, saved, steps
+
+
+def _argmax(comp: Comprehension) -> Comprehension:
+    """Where the first maximum of each window is: the gradient of a max goes there only."""
+    index = sympy.IndexedBase(f"{comp.tensor}.argmax")[comp.output.indices]
+    return Comprehension(output=index, free=comp.free, reduced=comp.reduced,
+                         reduction=Reduction.ARGMAX, body=comp.body, fill=comp.fill,
+                         equation=comp.equation)
+
+
+def _tensors_needing_grad(comps, seeds: set[str], wrt: set[str]) -> set[str]:
+    """Tensors on a path from ``wrt`` to a seed (their gradients must be computed)."""
+    reaches_wrt = set(wrt)
+    for c in comps:
+        if not c.stop_gradient and set(c.inputs()) & reaches_wrt:
+            reaches_wrt.add(c.tensor)
+    reaches_seed = set(seeds)
+    for c in reversed(comps):
+        if c.tensor in reaches_seed and not c.stop_gradient:
+            reaches_seed |= set(c.inputs())
+    return reaches_wrt & reaches_seed
+
+
+def adjoint(comp: Comprehension, target: str, upstream: sympy.Expr,
+            shapes) -> list[Comprehension]:
+    """Comprehensions adding the gradient through ``comp`` to ``grad:target``.
+
+    ``upstream`` is the gradient of ``comp``'s output point, from `_upstream`.
+    """
+    out = []
+    for where, expr, domain in _terms(comp):
+        for access in sorted(expr.atoms(sympy.Indexed), key=sympy.default_sort_key):
+            if str(access.base.label) != target:
+                continue
+            local = _partial(expr, access)
+            if local == 0:
+                continue
+            out += gather(upstream * local, access, domain, comp, shapes[target], where)
+    return out
+
+
+def _terms(comp: Comprehension):
+    """(role, expression, domain) of each part of ``comp`` that reads inputs."""
+    if comp.reduction is Reduction.NONE:
+        return [("body", comp.body, comp.free)]
+    terms = [("body", comp.body, comp.free + comp.reduced)]
+    if comp.init is not None:
+        terms.append(("init", comp.init, comp.free))
+    return terms
+
+
+def _partial(expr: sympy.Expr, access: sympy.Indexed) -> sympy.Expr:
+    """∂expr/∂access, other accesses held fixed; ReLU's step is 0 at 0, not sympy's 1/2."""
+    x = sympy.Dummy("x", real=True)
+    d = sympy.diff(expr.xreplace({access: x}), x)
+    d = d.replace(sympy.Heaviside, lambda a, *_: sympy.Piecewise((1, a > 0), (0, True)))
+    return d.xreplace({x: access})
+
+
+def _upstream(comp: Comprehension) -> tuple[sympy.Expr, list[Comprehension]]:
+    """``dZ[o(F)]·final'(acc)`` as an expression of the free variables.
+
+    When ``final`` is not the identity its derivative is computed once per output point
+    into a scratch tensor ``grad:Z.acc``, written in terms of the saved output ``Z`` (for
+    ``sqrt(acc)``, ``1/(2·Z)``); a point where that is singular (a zero norm) gets 0.
+    """
+    dz = sympy.IndexedBase(grad_name(comp.tensor))[comp.output.indices]
+    if comp.final is None:
+        return dz, []
+    z = comp.output
+    deriv = sympy.diff(comp.final, ACC)
+    deriv = deriv.subs(comp.final, z) if deriv.has(ACC) else deriv
+    if deriv.has(ACC):
+        raise DerivationError(f"{comp.tensor}: cannot express the derivative of "
+                              f"{comp.final} through the output")
+    value = dz * deriv
+    loop_vars = {d.var for d in comp.variables}
+    if not deriv.has(sympy.Indexed) and not deriv.free_symbols & loop_vars:
+        return value, []  # a constant factor such as 1/N
+    if any(p.exp.is_negative for p in deriv.atoms(sympy.Pow) if p.base == z):
+        value = sympy.Piecewise((value, sympy.Ne(z, 0)), (0, True))
+    free = [d.var for d in comp.free] or [0]
+    name = grad_name(f"{comp.tensor}.acc")
+    acc_grad = sympy.IndexedBase(name)[free]
+    pre = Comprehension(output=acc_grad, free=comp.free, body=value,
+                        inside=frozenset(value.atoms(sympy.Indexed)))
+    return acc_grad, [pre]
+
+
+def _zero(name: str, shape: tuple) -> Comprehension:
+    ds = [sympy.Symbol(f"d{i}", integer=True, nonnegative=True) for i in range(len(shape))]
+    out = sympy.IndexedBase(name)[ds] if ds else sympy.IndexedBase(name)[0]
+    return Comprehension(output=out, free=tuple(zip(ds, shape)), body=sympy.Integer(0))
+
+
+# -- scatter to gather ---------------------------------------------------------------------
+
+
+def gather(term: sympy.Expr, access: sympy.Indexed, domain: Sequence[Dim],
+           comp: Comprehension, shape: tuple, where: str = "body") -> list[Comprehension]:
+    """``grad:T[a(v)] += term(v)`` for every ``v`` of ``domain``, as gather comprehensions."""
+    single = {d.var: d.start for d in domain if d.extent == 1}  # a 1-wide range is a constant
+    if single:
+        term, access = term.xreplace(single), access.xreplace(single)
+        domain = [d for d in domain if d.var not in single]
+    variables = [d.var for d in domain]
+    dims = {d.var: d for d in domain}
+    owner: dict[sympy.Symbol, int] = {}
+    for axis, idx in enumerate(access.indices):
+        for v in affine_terms(idx, variables)[0]:
+            if v in owner:
+                raise DerivationError(f"{comp.tensor}: variable {v} indexes two axes of "
+                                      f"{access}; its gradient cannot be gathered")
+            owner[v] = axis
+    options = [_solve_axis(axis, idx, size, dims, comp, access)
+               for axis, (idx, size) in enumerate(zip(access.indices, shape))]
+    summed = [d for d in domain if d.var not in owner]
+    fill = comp.fill_of(str(access.base.label))
+    out = []
+    for choice in itertools.product(*options):
+        if any(c is None for c in choice):
+            continue  # a phase no point reaches: its gradient stays 0
+        subs = {k: v for c in choice for k, v in c["subs"].items()}
+        body = term.xreplace(subs)
+        index = tuple(c["index"] for c in choice)
+        target = sympy.IndexedBase(grad_name(str(access.base.label)))[index]
+        inside = {a for a in body.atoms(sympy.Indexed)
+                  if comp.fill_of(str(a.base.label)) is None}
+        reduced = tuple(_substituted(d, subs) for d in summed) + tuple(
+            d for c in choice for d in c["reduced"])
+        out.append(Comprehension(
+            output=target,
+            free=tuple(d for c in choice for d in c["free"]),
+            reduced=reduced,
+            reduction=Reduction.SUM if reduced else Reduction.NONE,
+            body=body if reduced else target + body,
+            init=target if reduced else None,
+            fill=comp.fill,
+            equation=_equation(comp, fill, where),
+            inside=frozenset(inside | {target}),
+        ))
+    return out
+
+
+def _substituted(d: Dim, subs) -> Dim:
+    return Dim(d.var, d.start.xreplace(subs), d.stop.xreplace(subs))
+
+
+def _equation(comp: Comprehension, fill, where: str) -> str:
+    """The chapter's name for an adjoint: 9.11 (kernel) and 9.13 (input) for convolutions."""
+    if comp.equation in ("eq. 9.7", "eq. 9.8") and where == "body":
+        return "eq. 9.13" if fill is not None else "eq. 9.11"
+    return f"adjoint of {comp.equation}" if comp.equation else "adjoint"
+
+
+def _solve_axis(axis: int, idx, size, dims, comp, access) -> list[dict | None]:
+    """The ways to write ``idx = t`` for the adjoint's index ``t`` on one axis."""
+    coeffs, const = affine_terms(idx, list(dims))
+    if not coeffs:
+        return [dict(free=(), reduced=(), subs={}, index=const)]
+    if len(coeffs) == 1 or _is_radix(coeffs, dims):
+        # one point of the domain per index: keep the variables, the smallest place inside
+        order = sorted(coeffs, key=lambda v: -coeffs[v])
+        free = [dims[v] for v in order]
+        lo, hi = index_range(idx, {v: dims[v].stop for v in order})
+        if not (is_proven(lo >= 0) and is_proven(hi <= size - 1)):
+            v = order[-1]
+            start, stop = solve_inside(coeffs[v], idx - coeffs[v] * v, size)
+            free[-1] = Dim(v, sympy.Max(dims[v].start, start), sympy.Min(dims[v].stop, stop))
+        return [dict(free=tuple(free), reduced=(), subs={}, index=idx)]
+    if len(coeffs) == 2 and all(c.is_positive for c in coeffs.values()):
+        return _phases(axis, coeffs, const, size, dims, comp)
+    raise DerivationError(f"{comp.tensor}: cannot invert the access {access} on axis {axis}")
+
+
+def _is_radix(coeffs, dims) -> bool:
+    """Whether ``Σ c_v·v`` is a mixed-radix number: each place's extent is the next's step."""
+    step = sympy.Integer(1)
+    for v in sorted(coeffs, key=lambda v: coeffs[v]):
+        if coeffs[v] != step or dims[v].start != 0:
+            return False
+        step *= dims[v].extent
+    return True
+
+
+def _phases(axis, coeffs, const, size, dims, comp) -> list[dict | None]:
+    """``s·j + d·m - p = t``: one option per phase of ``t + p`` modulo ``s``."""
+    free_vars = {d.var for d in comp.free}
+    j, m = sorted(coeffs, key=lambda v: (v not in free_vars, -coeffs[v], str(v)))
+    for v in (j, m):
+        if dims[v].start != 0:
+            raise DerivationError(f"{comp.tensor}: {v} must start at 0 to be solved for")
+    u = sympy.Symbol(f"u{axis}", integer=True)
+    t = sympy.Symbol(f"t{axis}", integer=True)
+    options: list[dict | None] = []
+    for ph in invert_access(int(coeffs[j]), int(coeffs[m]), -const, dims[j].stop,
+                            dims[m].stop, size):
+        if ph.empty:
+            options.append(None)
+            continue
+        rename = {ph.u: u, ph.t: t}
+        options.append(dict(
+            free=(Dim(u, ph.u_start, ph.u_stop),),
+            reduced=(Dim(t, ph.t_start.xreplace(rename), ph.t_stop.xreplace(rename)),),
+            subs={j: ph.j.xreplace(rename), m: ph.m.xreplace(rename)},
+            index=ph.i.xreplace(rename),
+        ))
+    return options
