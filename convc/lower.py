@@ -13,6 +13,8 @@ the comprehension, never off the op:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import sympy
 
 from .errors import DerivationError
@@ -23,6 +25,7 @@ from .loops import ArgMaxUpdate, Block, Kernel, Let, Loop, Stmt, Store, Update
 
 def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple]) -> tuple[Stmt, ...]:
     """The loop nest of one comprehension; ``shapes`` gives every tensor it reads."""
+    comp = _fold_single_points(comp)
     bounds = {d.var: (d.start, d.stop) for d in comp.variables}
     guards = {}
     for access in comp.accesses():
@@ -56,6 +59,18 @@ def lower_node(node: str, inputs: tuple[str, ...], comps, shapes: dict[str, tupl
     used = {t for c in comps for t in c.inputs()} - set(writes)
     reads = [t for t in inputs if t in used] + sorted(used - set(inputs))
     return Kernel(node, nests, tuple(reads), writes)
+
+
+def _fold_single_points(comp: Comprehension) -> Comprehension:
+    """Replace a variable whose range holds one value by that value: no 1-trip loops."""
+    single = {d.var: d.start for d in comp.variables if d.extent == 1}
+    if not single:
+        return comp
+    keep = lambda dims: tuple(d for d in dims if d.var not in single)  # noqa: E731
+    sub = lambda e: None if e is None else e.xreplace(single)  # noqa: E731
+    return replace(comp, output=sub(comp.output), free=keep(comp.free),
+                   reduced=keep(comp.reduced), body=sub(comp.body), init=sub(comp.init),
+                   final=sub(comp.final), inside=frozenset(sub(a) for a in comp.inside))
 
 
 def _unsafe_axes(comp, access, shapes) -> list[tuple[sympy.Expr, sympy.Expr]]:

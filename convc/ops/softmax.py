@@ -5,9 +5,10 @@ Both subtract the per-row maximum before ``exp`` so no value overflows::
     M[n, d] = max_c X[n, c, d]            S[n, d] = Σ_c exp(X[n, c, d] - M[n, d])
     Z[n, c, d] = exp(X[n, c, d] - M[n, d]) / S[n, d]
 
-The loss picks the labelled logit with a Kronecker delta (every index stays affine)::
+The loss picks the labelled logit by a comparison (so every index stays affine, and a
+masked logit of -∞ elsewhere in the row is never multiplied by 0)::
 
-    L = (1/N) Σ_n (M[n] + log S[n] - Σ_c δ(c, y[n])·X[n, c])
+    L = (1/N) Σ_n (M[n] + log S[n] - Σ_c [c = y[n]] X[n, c])
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ class SoftmaxCrossEntropy(Op):
         picked = sympy.IndexedBase(f"{out}.picked")[n]
         pick = Comprehension(output=picked, free=((n, batch),), reduced=((c, classes),),
                              reduction=Reduction.SUM,
-                             body=sympy.KroneckerDelta(c, sympy.IndexedBase(y)[n]) * X)
+                             body=sympy.Piecewise((X, sympy.Eq(c, sympy.IndexedBase(y)[n])),
+                                                  (0, True)))
         loss = Comprehension(output=sympy.IndexedBase(out)[0], free=(),
                              reduced=((n, batch),), reduction=Reduction.SUM,
                              body=M + sympy.log(S) - picked, final=ACC / batch)
