@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import sympy
 
 from .errors import DerivationError
-from .ir.affine import affine_terms, index_range, invert_access, is_proven, solve_inside
+from .ir.affine import affine_terms, index_range, invert_access, is_proven
 from .ir.comprehension import ACC, Comprehension, Dim, Reduction, row_major
 
 
@@ -98,14 +99,14 @@ def adjoint(comp: Comprehension, target: str, upstream: sympy.Expr,
     ``upstream`` is the gradient of ``comp``'s output point, from `_upstream`.
     """
     out = []
-    for where, expr, domain in _terms(comp):
+    for role, expr, domain in _terms(comp):
         for access in sorted(expr.atoms(sympy.Indexed), key=sympy.default_sort_key):
             if str(access.base.label) != target:
                 continue
             local = _partial(expr, access)
             if local == 0:
                 continue
-            out += gather(upstream * local, access, domain, comp, shapes[target], where)
+            out += gather(upstream * local, access, domain, comp, shapes[target], role)
     return out
 
 
@@ -167,80 +168,124 @@ def _zero(name: str, shape: tuple) -> Comprehension:
 
 
 def gather(term: sympy.Expr, access: sympy.Indexed, domain: Sequence[Dim],
-           comp: Comprehension, shape: tuple, where: str = "body") -> list[Comprehension]:
-    """``grad:T[a(v)] += term(v)`` for every ``v`` of ``domain``, as gather comprehensions."""
+           comp: Comprehension, shape: tuple, role: str = "body",
+           output: str | None = None) -> list[Comprehension]:
+    """``out[a(v)] += term(v)`` for every ``v`` of ``domain`` (and of ``comp.where``), as
+    gather comprehensions; ``out`` is ``grad:T`` for the access ``T[a]`` unless given."""
     single = {d.var: d.start for d in domain if d.extent == 1}  # a 1-wide range is a constant
+    where = list(comp.where)
     if single:
         term, access = term.xreplace(single), access.xreplace(single)
+        where = [(e.xreplace(single), lo, hi) for e, lo, hi in where]
         domain = [d for d in domain if d.var not in single]
-    variables = [d.var for d in domain]
     dims = {d.var: d for d in domain}
     owner: dict[sympy.Symbol, int] = {}
     for axis, idx in enumerate(access.indices):
-        for v in affine_terms(idx, variables)[0]:
+        for v in affine_terms(idx, list(dims))[0]:
             if v in owner:
                 raise DerivationError(f"{comp.tensor}: variable {v} indexes two axes of "
                                       f"{access}; its gradient cannot be gathered")
             owner[v] = axis
-    options = [_solve_axis(axis, idx, size, dims, comp, access)
+    forward_free = {d.var for d in comp.free}
+    options = [_solve_axis(axis, idx, size, dims, forward_free, comp, access)
                for axis, (idx, size) in enumerate(zip(access.indices, shape))]
-    summed = [d for d in domain if d.var not in owner]
-    fill = comp.fill_of(str(access.base.label))
+    summed = tuple(d for d in domain if d.var not in owner)
+    name = output or grad_name(str(access.base.label))
+    equation = _equation(comp, comp.fill_of(str(access.base.label)), role)
     out = []
     for choice in itertools.product(*options):
         if any(c is None for c in choice):
             continue  # a phase no point reaches: its gradient stays 0
-        subs = {k: v for c in choice for k, v in c["subs"].items()}
+        subs = {k: v for c in choice for k, v in c.subs.items()}
         body = term.xreplace(subs)
-        index = tuple(c["index"] for c in choice)
-        target = sympy.IndexedBase(grad_name(str(access.base.label)))[index]
+        target = sympy.IndexedBase(name)[tuple(c.index for c in choice)]
+        reduced = summed + tuple(d for c in choice for d in c.reduced)
         inside = {a for a in body.atoms(sympy.Indexed)
                   if comp.fill_of(str(a.base.label)) is None}
-        reduced = tuple(_substituted(d, subs) for d in summed) + tuple(
-            d for c in choice for d in c["reduced"])
         out.append(Comprehension(
             output=target,
-            free=tuple(d for c in choice for d in c["free"]),
+            free=tuple(d for c in choice for d in c.free),
             reduced=reduced,
             reduction=Reduction.SUM if reduced else Reduction.NONE,
             body=body if reduced else target + body,
             init=target if reduced else None,
             fill=comp.fill,
-            equation=_equation(comp, fill, where),
+            equation=equation,
+            where=tuple((e.xreplace(subs), lo, hi) for e, lo, hi in where)
+            + tuple(w for c in choice for w in c.where),
             inside=frozenset(inside | {target}),
         ))
     return out
 
 
-def _substituted(d: Dim, subs) -> Dim:
-    return Dim(d.var, d.start.xreplace(subs), d.stop.xreplace(subs))
-
-
-def _equation(comp: Comprehension, fill, where: str) -> str:
+def _equation(comp: Comprehension, fill, role: str) -> str:
     """The chapter's name for an adjoint: 9.11 (kernel) and 9.13 (input) for convolutions."""
-    if comp.equation in ("eq. 9.7", "eq. 9.8") and where == "body":
+    if comp.equation in ("eq. 9.7", "eq. 9.8") and role == "body":
         return "eq. 9.13" if fill is not None else "eq. 9.11"
     return f"adjoint of {comp.equation}" if comp.equation else "adjoint"
 
 
-def _solve_axis(axis: int, idx, size, dims, comp, access) -> list[dict | None]:
-    """The ways to write ``idx = t`` for the adjoint's index ``t`` on one axis."""
+@dataclass(frozen=True)
+class AxisSolution:
+    """One way to write ``a(v) = τ`` on one axis of the gradient tensor.
+
+    ``index`` is the gradient's index on that axis, in the adjoint's free variables;
+    ``subs`` replaces the forward variables it eliminated, and ``where`` keeps the ranges
+    they had.
+    """
+
+    free: tuple[Dim, ...] = ()
+    reduced: tuple[Dim, ...] = ()
+    subs: dict = field(default_factory=dict)
+    index: sympy.Expr = sympy.Integer(0)
+    where: tuple = ()
+
+
+def _solve_axis(axis, idx, size, dims, forward_free, comp, access) -> list[AxisSolution | None]:
+    """The ways to write ``idx = τ`` for the adjoint's index ``τ`` on one axis.
+
+    * no variable: a constant index;
+    * one variable, or a mixed-radix split ``g·C' + c``: the variables stay free;
+    * a forward output position with coefficient ±1 (stride 1): it is eliminated and the
+      others (the kernel taps) are summed over;
+    * ``s·j + d·m - p``: one solution per phase of ``τ + p`` modulo ``s`` (9.13), the
+      polyphase form whose inner loops are dense;
+    * otherwise a variable with coefficient ±1 is eliminated.
+    """
     coeffs, const = affine_terms(idx, list(dims))
     if not coeffs:
-        return [dict(free=(), reduced=(), subs={}, index=const)]
+        return [AxisSolution(index=const)]
+    inside = is_proven_inside(idx, {v: dims[v] for v in coeffs}, size)
     if len(coeffs) == 1 or _is_radix(coeffs, dims):
-        # one point of the domain per index: keep the variables, the smallest place inside
         order = sorted(coeffs, key=lambda v: -coeffs[v])
-        free = [dims[v] for v in order]
-        lo, hi = index_range(idx, {v: dims[v].stop for v in order})
-        if not (is_proven(lo >= 0) and is_proven(hi <= size - 1)):
-            v = order[-1]
-            start, stop = solve_inside(coeffs[v], idx - coeffs[v] * v, size)
-            free[-1] = Dim(v, sympy.Max(dims[v].start, start), sympy.Min(dims[v].stop, stop))
-        return [dict(free=tuple(free), reduced=(), subs={}, index=idx)]
+        where = () if inside else ((idx, sympy.Integer(0), size),)
+        return [AxisSolution(free=tuple(dims[v] for v in order), index=idx, where=where)]
+    units = sorted((v for v in coeffs if abs(coeffs[v]) == 1),
+                   key=lambda v: (v not in forward_free, str(v)))
+    if units and units[0] in forward_free:
+        return [_eliminate(axis, units[0], idx, coeffs, size, dims)]
     if len(coeffs) == 2 and all(c.is_positive for c in coeffs.values()):
-        return _phases(axis, coeffs, const, size, dims, comp)
+        return _phases(axis, coeffs, const, size, dims, forward_free, comp)
+    if units:
+        return [_eliminate(axis, units[0], idx, coeffs, size, dims)]
     raise DerivationError(f"{comp.tensor}: cannot invert the access {access} on axis {axis}")
+
+
+def _eliminate(axis, v, idx, coeffs, size, dims) -> AxisSolution:
+    """``idx = τ`` solved for ``v`` (coefficient ±1): ``τ`` free, the others summed over."""
+    tau = sympy.Symbol(f"j{axis}", integer=True, nonnegative=True)
+    value = (tau - (idx - coeffs[v] * v)) / coeffs[v]
+    others = tuple(dims[w] for w in coeffs if w != v)
+    return AxisSolution(free=(Dim(tau, 0, size),), reduced=others, subs={v: value},
+                        index=tau, where=((value, dims[v].start, dims[v].stop),))
+
+
+def is_proven_inside(idx, dims: dict, size) -> bool:
+    """Whether ``0 <= idx < size`` over the box of ``dims`` (each starting at 0)."""
+    if any(d.start != 0 for d in dims.values()):
+        return False
+    lo, hi = index_range(idx, {v: d.stop for v, d in dims.items()})
+    return is_proven(lo >= 0) and is_proven(hi <= size - 1)
 
 
 def _is_radix(coeffs, dims) -> bool:
@@ -253,26 +298,35 @@ def _is_radix(coeffs, dims) -> bool:
     return True
 
 
-def _phases(axis, coeffs, const, size, dims, comp) -> list[dict | None]:
-    """``s·j + d·m - p = t``: one option per phase of ``t + p`` modulo ``s``."""
-    free_vars = {d.var for d in comp.free}
-    j, m = sorted(coeffs, key=lambda v: (v not in free_vars, -coeffs[v], str(v)))
+def _phases(axis, coeffs, const, size, dims, forward_free, comp) -> list[AxisSolution | None]:
+    """``s·j + d·m - p = τ`` with ``s, d > 1``: one solution per phase ``(τ + p) mod s``.
+
+    Within a phase ``τ = s·u + φ - p``, ``m = m0 + s'·t`` and ``j = u + c0 - d'·t``
+    (`affine.invert_access`); ``u`` is free, ``t`` summed over, and the ranges of ``j`` and
+    ``m`` become the constraints that lowering turns into the bounds of ``t``.
+    """
+    j, m = sorted(coeffs, key=lambda v: (v not in forward_free, -coeffs[v], str(v)))
     for v in (j, m):
         if dims[v].start != 0:
             raise DerivationError(f"{comp.tensor}: {v} must start at 0 to be solved for")
-    u = sympy.Symbol(f"u{axis}", integer=True)
-    t = sympy.Symbol(f"t{axis}", integer=True)
-    options: list[dict | None] = []
-    for ph in invert_access(int(coeffs[j]), int(coeffs[m]), -const, dims[j].stop,
-                            dims[m].stop, size):
+    u = sympy.Symbol(f"u{axis}", integer=True, nonnegative=True)
+    t = sympy.Symbol(f"t{axis}", integer=True, nonnegative=True)
+    s, d = int(coeffs[j]), int(coeffs[m])
+    options: list[AxisSolution | None] = []
+    for ph in invert_access(s, d, -const, dims[j].stop, dims[m].stop, size):
         if ph.empty:
             options.append(None)
             continue
         rename = {ph.u: u, ph.t: t}
-        options.append(dict(
+        m_of_t, j_of_ut = ph.m.xreplace(rename), ph.j.xreplace(rename)
+        step = m_of_t.coeff(t)
+        m0 = m_of_t - step * t
+        t_stop = sympy.ceiling((dims[m].stop - m0) / step)
+        options.append(AxisSolution(
             free=(Dim(u, ph.u_start, ph.u_stop),),
-            reduced=(Dim(t, ph.t_start.xreplace(rename), ph.t_stop.xreplace(rename)),),
-            subs={j: ph.j.xreplace(rename), m: ph.m.xreplace(rename)},
+            reduced=(Dim(t, 0, t_stop),),
+            subs={j: j_of_ut, m: m_of_t},
             index=ph.i.xreplace(rename),
+            where=((j_of_ut, sympy.Integer(0), dims[j].stop),),
         ))
     return options

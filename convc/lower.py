@@ -27,6 +27,8 @@ def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple]) -> tuple[
     """The loop nest of one comprehension; ``shapes`` gives every tensor it reads."""
     comp = _fold_single_points(comp)
     bounds = {d.var: (d.start, d.stop) for d in comp.variables}
+    for constraint in comp.where:
+        _bound(comp, constraint, bounds)
     guards = {}
     for access in comp.accesses():
         if access in comp.inside:
@@ -61,6 +63,22 @@ def lower_node(node: str, inputs: tuple[str, ...], comps, shapes: dict[str, tupl
     return Kernel(node, nests, tuple(reads), writes)
 
 
+def _bound(comp: Comprehension, constraint, bounds) -> None:
+    """Tighten the bounds of the innermost variable of ``low <= expr < high``."""
+    expr, low, high = constraint
+    order = [d.var for d in comp.variables]
+    coeffs, _ = affine_terms(expr, order)
+    if not coeffs:
+        if is_proven(low <= expr) and is_proven(expr < high):
+            return
+        raise DerivationError(f"{comp.tensor}: constraint {low} <= {expr} < {high} "
+                              f"involves no loop variable and may not hold")
+    v = max(coeffs, key=order.index)
+    start, stop = solve_inside(coeffs[v], expr - coeffs[v] * v - low, high - low)
+    lo, hi = bounds[v]
+    bounds[v] = (sympy.Max(lo, start), sympy.Min(hi, stop))
+
+
 def _fold_single_points(comp: Comprehension) -> Comprehension:
     """Replace a variable whose range holds one value by that value: no 1-trip loops."""
     single = {d.var: d.start for d in comp.variables if d.extent == 1}
@@ -70,7 +88,8 @@ def _fold_single_points(comp: Comprehension) -> Comprehension:
     sub = lambda e: None if e is None else e.xreplace(single)  # noqa: E731
     return replace(comp, output=sub(comp.output), free=keep(comp.free),
                    reduced=keep(comp.reduced), body=sub(comp.body), init=sub(comp.init),
-                   final=sub(comp.final), inside=frozenset(sub(a) for a in comp.inside))
+                   final=sub(comp.final), inside=frozenset(sub(a) for a in comp.inside),
+                   where=tuple((sub(e), lo, hi) for e, lo, hi in comp.where))
 
 
 def _unsafe_axes(comp, access, shapes) -> list[tuple[sympy.Expr, sympy.Expr]]:

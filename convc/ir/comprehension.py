@@ -81,8 +81,12 @@ class Dim:
 class Comprehension:
     """``output = final(init ⊕ reduce_{reduced} body)`` for every point of ``free``.
 
-    ``free`` and ``reduced`` take `Dim`s or ``(var, extent)`` pairs. ``inside`` lists
-    accesses that the derivation proved stay inside their tensors; ``stop_gradient`` marks a
+    ``free`` and ``reduced`` take `Dim`s or ``(var, extent)`` pairs. ``where`` narrows that
+    box to the points with ``low <= expr < high`` for each ``(expr, low, high)``, ``expr``
+    affine (a derived gradient keeps there what the variables it eliminated had to
+    satisfy); lowering turns each into floor/ceil bounds of its innermost variable.
+    ``inside`` lists accesses that the derivation proved stay inside their tensors;
+    ``stop_gradient`` marks a
     value that the result does not depend on in exact arithmetic (softmax's shift by the
     row maximum), so no gradient flows through it.
     """
@@ -96,6 +100,7 @@ class Comprehension:
     final: sympy.Expr | None = None
     fill: tuple[tuple[str, sympy.Expr], ...] = ()
     equation: str = ""
+    where: tuple[tuple[sympy.Expr, sympy.Expr, sympy.Expr], ...] = ()
     inside: frozenset = frozenset()
     stop_gradient: bool = False
 
@@ -143,6 +148,9 @@ class Comprehension:
             if self.final is not None:
                 value = math(self.final).replace(str(ACC), f"({value})")
         domain = ", ".join(map(str, self.free))
+        if self.where:
+            conds = ", ".join(f"{lo} <= {math(e)} < {hi}" for e, lo, hi in self.where)
+            domain = f"{domain}; where {conds}" if domain else f"where {conds}"
         text = f"{math(self.output)} = {value}"
         return f"{text}   for {domain}" if domain else text
 
