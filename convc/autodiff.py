@@ -67,8 +67,8 @@ def derive(comps: Sequence[Comprehension], seeds: set[str], wrt: set[str],
             if target in wrt or (target in needed and target not in seeds):
                 steps.append((comp, target, pre + adjoint(comp, target, upstream, shapes)))
                 pre = []
-    zeros = [_zero(grad_name(t), shapes[t]) for t in sorted(wrt | (needed - seeds))]
-    return zeros, saved, steps
+    fills = [zeros(grad_name(t), shapes[t]) for t in sorted(wrt | (needed - seeds))]
+    return fills, saved, steps
 
 
 def _argmax(comp: Comprehension) -> Comprehension:
@@ -158,7 +158,8 @@ def _upstream(comp: Comprehension) -> tuple[sympy.Expr, list[Comprehension]]:
     return acc_grad, [pre]
 
 
-def _zero(name: str, shape: tuple) -> Comprehension:
+def zeros(name: str, shape: tuple) -> Comprehension:
+    """``name[...] = 0`` over ``shape``: where a gradient starts accumulating."""
     ds = [sympy.Symbol(f"d{i}", integer=True, nonnegative=True) for i in range(len(shape))]
     out = sympy.IndexedBase(name)[ds] if ds else sympy.IndexedBase(name)[0]
     return Comprehension(output=out, free=tuple(zip(ds, shape)), body=sympy.Integer(0))

@@ -22,6 +22,7 @@ from .errors import GraphError
 from .ops import Op, OpContext, fmt
 from .ops.activation import Relu, Sigmoid, Tanh
 from .ops.conv import Conv
+from .ops.conv_transpose import ConvTranspose
 from .ops.dense import Dense
 from .ops.elementwise import Add
 from .ops.pool import GlobalPool, Pool
@@ -165,6 +166,31 @@ class Graph:
         """
         return self._layer(Conv, (x,), name, channels=channels, kernel=kernel, stride=stride,
                            padding=padding, dilation=dilation, groups=groups, bias=bias)
+
+    def conv_transpose(
+        self,
+        x: Tensor,
+        channels: int,
+        kernel,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        output_padding=0,
+        output_size=None,
+        name: str | None = None,
+    ) -> Tensor:
+        """Transposed convolution (section 9.5): the input gradient of the convolution with
+        the same kernel, stride, dilation, padding and groups, as a layer.
+
+        The weight is ``(in_channels, channels / groups, *kernel)``. The output has
+        ``(size - 1)·stride - padding + dilation·(kernel - 1) + 1 + output_padding`` cells
+        per axis; ``output_size`` gives it directly instead of ``output_padding``.
+        """
+        return self._layer(ConvTranspose, (x,), name, channels=channels, kernel=kernel,
+                           stride=stride, padding=padding, dilation=dilation, groups=groups,
+                           bias=bias, output_padding=output_padding, output_size=output_size)
 
     def max_pool(self, x, window, stride=None, padding=0, dilation=1, ceil_mode=False,
                  name=None) -> Tensor:
