@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import sympy
 
@@ -44,12 +44,18 @@ def grad_name(tensor: str) -> str:
     return f"grad:{tensor}"
 
 
+def seed_name(tensor: str) -> str:
+    """The name of the given gradient of an output (its gradient then adds what flows back
+    from the nodes that read it)."""
+    return f"seed:{tensor}"
+
+
 def derive(comps: Sequence[Comprehension], seeds: set[str], wrt: set[str],
            shapes: dict[str, tuple]) -> tuple[list[Comprehension], list[tuple]]:
     """The comprehensions computing ``grad:T`` for every ``T`` in ``wrt``.
 
     ``comps`` is the forward pass in execution order; ``seeds`` are the tensors whose
-    gradients are given. Intermediate gradients are computed where a path leads from a
+    gradients are given, as ``seed:<tensor>``. Intermediate gradients are computed where a path leads from a
     tensor of ``wrt`` to a seed. Returns the zero fills of every gradient tensor; what the
     forward pass must also compute, by the tensor it goes with (the argmax of a max); and
     ``(forward comprehension, target, adjoint comprehensions)`` in the order they run.
@@ -64,10 +70,11 @@ def derive(comps: Sequence[Comprehension], seeds: set[str], wrt: set[str],
             saved[comp.tensor] = _argmax(comp)
             upstream *= sympy.KroneckerDelta(row_major(comp.reduced), saved[comp.tensor].output)
         for target in comp.inputs():
-            if target in wrt or (target in needed and target not in seeds):
+            if target in wrt or target in needed:
                 steps.append((comp, target, pre + adjoint(comp, target, upstream, shapes)))
                 pre = []
-    fills = [zeros(grad_name(t), shapes[t]) for t in sorted(wrt | (needed - seeds))]
+    fills = [_copy(seed_name(t), grad_name(t), shapes[t]) if t in seeds
+             else zeros(grad_name(t), shapes[t]) for t in sorted(wrt | needed)]
     return fills, saved, steps
 
 
@@ -156,6 +163,13 @@ def _upstream(comp: Comprehension) -> tuple[sympy.Expr, list[Comprehension]]:
     pre = Comprehension(output=acc_grad, free=comp.free, body=value,
                         inside=frozenset(value.atoms(sympy.Indexed)))
     return acc_grad, [pre]
+
+
+def _copy(source: str, name: str, shape: tuple) -> Comprehension:
+    """``name[...] = source[...]``: a gradient that starts from the one given."""
+    start = zeros(name, shape)
+    value = sympy.IndexedBase(source)[start.output.indices]
+    return replace(start, body=value, inside=frozenset({value}))
 
 
 def zeros(name: str, shape: tuple) -> Comprehension:

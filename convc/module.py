@@ -27,7 +27,8 @@ class Module:
     One output comes back as an array; several come back as a dict by name. A module
     compiled with ``grad`` also runs the backward pass and returns ``(outputs, grads)``,
     ``grads`` a dict from each differentiated tensor's name to its gradient. It takes the
-    gradient of each output as ``grad:<output>``; a 0-d output (a loss) defaults to 1.
+    gradient of each output as ``grad:<output>``; one not given is 1 for a 0-d output (a
+    loss) and 0 otherwise, so by default the gradients are those of the loss.
     """
 
     def __init__(self, lowered: Lowered, library: Library):
@@ -38,6 +39,9 @@ class Module:
         self._entry = getattr(self._lib, lowered.entry)
         self.dtype = lowered.dtype
         self._ranges = _integer_ranges(lowered)
+        # an output's given gradient is the argument grad:<output>, the C buffer seed:<output>
+        self._seeds = {grad_name(b.name[len("seed:"):]): b.name
+                       for b in lowered.arguments() if b.role == "seed"}
 
     # -- what it is ------------------------------------------------------------------------
 
@@ -82,8 +86,16 @@ class Module:
 
     # -- running ---------------------------------------------------------------------------
 
-    def init_params(self, seed: int = 0) -> dict[str, np.ndarray]:
-        """He-normal weights (std ``sqrt(2 / fan_in)``) and zero biases, from ``seed``."""
+    def init_params(self, seed: int = 0, scheme: str = "he") -> dict[str, np.ndarray]:
+        """Fresh parameters from ``seed``: zero biases, and weights drawn by ``scheme``.
+
+        ``"he"``: normal with std ``sqrt(2 / fan_in)`` (for ReLU networks). ``"glorot"``:
+        uniform on ``±sqrt(6 / (fan_in + fan_out))``. ``fan_in`` is what one output reads
+        (input channels per group times the kernel), ``fan_out`` the first axis times the
+        kernel.
+        """
+        if scheme not in ("he", "glorot"):
+            raise ValueError(f"scheme must be 'he' or 'glorot', found {scheme!r}")
         rng = np.random.default_rng(seed)
         params = {}
         for b in self.lowered.arguments():
@@ -92,13 +104,19 @@ class Module:
             shape = tuple(int(d) for d in b.shape)
             if b.name.endswith(".bias"):
                 params[b.name] = np.zeros(shape, NUMPY[self.dtype])
+                continue
+            fan_in = self.lowered.graph.node(b.name).op.fan_in
+            if scheme == "he":
+                w = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
             else:
-                fan_in = self.lowered.graph.node(b.name).op.fan_in
-                std = np.sqrt(2.0 / fan_in)
-                params[b.name] = (rng.standard_normal(shape) * std).astype(NUMPY[self.dtype])
+                fan_out = shape[0] * int(np.prod(shape[2:]))
+                limit = np.sqrt(6.0 / (fan_in + fan_out))
+                w = rng.uniform(-limit, limit, shape)
+            params[b.name] = w.astype(NUMPY[self.dtype])
         return params
 
     def __call__(self, **arrays):
+        arrays = {self._seeds.get(k, k): v for k, v in arrays.items()}
         sizes, args = self._check(self._with_default_seeds(arrays))
         for b in self.lowered.arguments():
             if b.role in ("output", "grad"):
@@ -119,10 +137,19 @@ class Module:
         return result, {n: args[grad_name(n)] for n in self.lowered.wrt}
 
     def _with_default_seeds(self, arrays: dict) -> dict:
-        """A 0-d output's gradient defaults to 1: differentiating a loss needs no seed."""
+        """Output gradients not given: 1 for a 0-d output (a loss), else 0; so by default
+        the gradients are those of the sum of the 0-d outputs."""
+        sizes = {}
         for b in self.lowered.arguments():
-            if b.role == "seed" and not b.shape and b.name not in arrays:
-                arrays = {**arrays, b.name: np.ones((), NUMPY[self.dtype])}
+            if b.role == "input" and b.name in arrays:
+                for want, got in zip(b.shape, np.shape(arrays[b.name])):
+                    if isinstance(want, sympy.Symbol):
+                        sizes.setdefault(want, got)
+        for b in self.lowered.arguments():
+            if b.role == "seed" and b.name not in arrays:
+                shape = tuple(int(sympy.sympify(d).subs(sizes)) for d in b.shape)
+                fill = np.ones if not b.shape else np.zeros
+                arrays = {**arrays, b.name: fill(shape, NUMPY[self.dtype])}
         return arrays
 
     def _check(self, arrays: dict) -> tuple[dict, dict[str, np.ndarray]]:
@@ -131,8 +158,9 @@ class Module:
         unknown = sorted(set(arrays) - set(names))
         missing = [n for n in names if n not in arrays]
         if unknown or missing:
+            shown = [n for n in names if not n.startswith("seed:")] + list(self._seeds)
             raise ArgumentError(
-                f"module {self.lowered.graph.name!r} takes {', '.join(names)}"
+                f"module {self.lowered.graph.name!r} takes {', '.join(shown)}"
                 + (f"; unexpected: {', '.join(unknown)}" if unknown else "")
                 + (f"; missing: {', '.join(missing)}" if missing else ""))
         sizes: dict[sympy.Symbol, int] = {}

@@ -22,7 +22,7 @@ from .graph import Graph, Node
 from .ir.affine import index_range
 from .ir.comprehension import ACC, ARG, Comprehension, Reduction
 from .loops import Kernel
-from .autodiff import derive, grad_name
+from .autodiff import derive, grad_name, seed_name
 from .lower import lower_node
 from .ops import fmt
 from .ops.source import Input, Param
@@ -34,7 +34,8 @@ DTYPES = {"float32": "float", "float64": "double"}
 class Step:
     """One C function: the comprehensions of one node in one role.
 
-    Roles: ``fwd`` (the forward pass), ``zero`` (clearing the gradient buffers), and
+    Roles: ``fwd`` (the forward pass), ``start`` (setting the gradients' starting values),
+    and
     ``d<what>`` for the gradient a node sends to one of its inputs (``dinput``,
     ``dweight``, ``dbias``).
     """
@@ -72,7 +73,7 @@ class Lowered:
 
     def derivatives(self, node: str) -> list[Step]:
         """The backward steps of ``node``."""
-        return [s for s in self.steps if s.node == node and s.role not in ("fwd", "zero")]
+        return [s for s in self.steps if s.node == node and s.role not in ("fwd", "start")]
 
     def arguments(self) -> list[Buffer]:
         """The entry point's array arguments, in order: inputs, parameters, output
@@ -172,7 +173,7 @@ def _backward(graph: Graph, forward: list[Step], wrt: list[str]) -> list[Step]:
     for i, step in enumerate(forward):  # what the backward pass needs the forward to keep
         extra = tuple(saved[c.tensor] for c in step.comps if c.tensor in saved)
         forward[i] = Step(step.node, step.role, step.comps + extra)
-    steps = [Step(graph.name, "zero", tuple(zeros))]
+    steps = [Step(graph.name, "start", tuple(zeros))]
     merged: dict[tuple[str, str], list] = {}
     for comp, target, cs in adjoints:
         node = graph.node(owner[comp.tensor])
@@ -197,8 +198,8 @@ def _reads(graph: Graph, step: Step) -> tuple[str, ...]:
 
 
 def _function_name(gname: str, step: Step, buffers) -> str:
-    if step.role == "zero":
-        return f"convc_{gname}_zero_grads"
+    if step.role == "start":
+        return f"convc_{gname}_start_grads"
     return f"convc_{gname}_{buffers[step.node].cname}_{step.role}"
 
 
@@ -237,7 +238,7 @@ def _buffers(graph, nodes, steps, wrt, float_type) -> dict[str, Buffer]:
                 add(n.name, n.shape, n.dtype, role)
     if wrt:
         for name in graph.outputs:
-            add(grad_name(name), nodes_by_name[name].shape, "float", "seed")
+            add(seed_name(name), nodes_by_name[name].shape, "float", "seed")
     for name in graph.outputs:
         add(name, nodes_by_name[name].shape, nodes_by_name[name].dtype, "output")
     for name in wrt:
@@ -294,8 +295,9 @@ def _roles(buffers) -> set[str]:
 
 
 def _header(graph, step: Step, buffers) -> list[str]:
-    if step.role == "zero":
-        return [f"graph {_quote(graph.name)}: every gradient starts at 0"]
+    if step.role == "start":
+        return [f"graph {_quote(graph.name)}: each gradient starts at 0, or at the gradient "
+                f"given for an output"]
     node = graph.node(step.node)
     what = "" if step.role == "fwd" else f", gradient {step.role}"
     lines = [f"node {_quote(node.name)} ({node.op.kind}{what}) at {node.source}"]

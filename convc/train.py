@@ -1,0 +1,125 @@
+"""Training: optimizers that update parameters in place, and a small training loop.
+
+A module compiled with ``grad=True`` returns the gradients; an optimizer's `step` applies
+them to the parameter arrays it was given, in place. `fit` runs epochs of shuffled
+mini-batches and prints one progress line per epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class Optimizer:
+    """Base: holds the parameter arrays (updated in place) and a per-parameter state."""
+
+    def __init__(self, params: dict[str, np.ndarray]):
+        self.params = params
+        self.steps = 0
+
+    def step(self, grads: dict[str, np.ndarray]) -> None:
+        self.steps += 1
+        for name, p in self.params.items():
+            self.update(name, p, grads[name].astype(p.dtype, copy=False))
+
+    def update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """``v = momentum·v + g + weight_decay·p``; ``p -= lr·v``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = {"w": np.ones(2, np.float32)}
+    >>> SGD(p, lr=0.5).step({"w": np.array([1.0, -1.0], np.float32)})
+    >>> p["w"]
+    array([0.5, 1.5], dtype=float32)
+    """
+
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.0,
+                 weight_decay: float = 0.0):
+        super().__init__(params)
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.velocity = {n: np.zeros_like(p) for n, p in params.items()}
+
+    def update(self, name, p, g):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        v = self.velocity[name]
+        v *= self.momentum
+        v += g
+        p -= self.lr * v
+
+
+class Adam(Optimizer):
+    """Adam (Kingma and Ba), with bias-corrected moments and optional L2 weight decay."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params)
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.m = {n: np.zeros_like(p) for n, p in params.items()}
+        self.v = {n: np.zeros_like(p) for n, p in params.items()}
+
+    def update(self, name, p, g):
+        b1, b2 = self.betas
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        m, v = self.m[name], self.v[name]
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * g * g
+        mhat = m / (1 - b1**self.steps)
+        vhat = v / (1 - b2**self.steps)
+        p -= self.lr * mhat / (np.sqrt(vhat) + self.eps)
+
+
+@dataclass
+class Epoch:
+    """What one epoch of `fit` measured."""
+
+    epoch: int
+    loss: float
+    accuracy: float | None
+    images_per_second: float
+
+
+def fit(module, params: dict, optimizer: Optimizer, inputs: dict[str, np.ndarray],
+        epochs: int, batch_size: int = 64, seed: int = 0,
+        evaluate: Callable[[], float] | None = None, log=print) -> list[Epoch]:
+    """Train ``module`` (compiled with ``grad``) on ``inputs`` for ``epochs``.
+
+    ``inputs`` maps each graph input to an array whose first axis is the example; each
+    epoch shuffles them with ``seed``. The module's 0-d output is the loss. ``evaluate``
+    returns an accuracy, printed with each epoch's line.
+    """
+    count = len(next(iter(inputs.values())))
+    rng = np.random.default_rng(seed)
+    history = []
+    for epoch in range(1, epochs + 1):
+        order = rng.permutation(count)
+        start, total = time.perf_counter(), 0.0
+        for first in range(0, count, batch_size):
+            batch = order[first:first + batch_size]
+            outputs, grads = module(**{k: v[batch] for k, v in inputs.items()}, **params)
+            total += float(_loss(outputs)) * len(batch)
+            optimizer.step(grads)
+        rate = count / (time.perf_counter() - start)
+        accuracy = evaluate() if evaluate else None
+        history.append(Epoch(epoch, total / count, accuracy, rate))
+        shown = f"  held-out accuracy {accuracy:.4f}" if accuracy is not None else ""
+        log(f"epoch {epoch:3d}  loss {total / count:.4f}{shown}  {rate:,.0f} images/s")
+    return history
+
+
+def _loss(outputs) -> np.ndarray:
+    if isinstance(outputs, dict):
+        return next(v for v in outputs.values() if v.ndim == 0)
+    return outputs
