@@ -70,12 +70,24 @@ def derive(comps: Sequence[Comprehension], seeds: set[str], wrt: set[str],
             saved[comp.tensor] = _argmax(comp)
             upstream *= sympy.KroneckerDelta(row_major(comp.reduced), saved[comp.tensor].output)
         for target in comp.inputs():
-            if target in wrt or target in needed:
+            if target == comp.tensor:
+                _check_accumulates(comp)  # Z += f: Z's gradient passes through unchanged
+            elif target in wrt or target in needed:
                 steps.append((comp, target, pre + adjoint(comp, target, upstream, shapes)))
                 pre = []
     fills = [_copy(seed_name(t), grad_name(t), shapes[t]) if t in seeds
              else zeros(grad_name(t), shapes[t]) for t in sorted(wrt | needed)]
     return fills, saved, steps
+
+
+def _check_accumulates(comp: Comprehension) -> None:
+    """A comprehension may read its own output only as ``Z[o] = Z[o] + ...``."""
+    reads = {a for a in comp.accesses() if str(a.base.label) == comp.tensor}
+    accumulates = (comp.reduction is Reduction.SUM and comp.init == comp.output) or (
+        comp.reduction is Reduction.NONE and comp.body.is_Add and comp.output in comp.body.args)
+    if reads != {comp.output} or not accumulates:
+        raise DerivationError(f"{comp.tensor}: a comprehension that reads its own output "
+                              f"other than to add to it cannot be differentiated")
 
 
 def _argmax(comp: Comprehension) -> Comprehension:

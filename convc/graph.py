@@ -25,6 +25,7 @@ from .ops.conv import Conv
 from .ops.conv_transpose import ConvTranspose
 from .ops.dense import Dense
 from .ops.elementwise import Add
+from .ops.loss import MeanSquaredError
 from .ops.pool import GlobalPool, Pool
 from .ops.reshape import Flatten
 from .ops.softmax import Softmax, SoftmaxCrossEntropy
@@ -120,6 +121,11 @@ class Graph:
         """Parameters created by the layers, with their shapes."""
         return {n.name: n.shape for n in self.nodes() if isinstance(n.op, Param)}
 
+    def tensor(self, name: str) -> Tensor:
+        """A handle on the tensor of a node, parameters included (``"conv0.weight"``)."""
+        self.node(name)
+        return Tensor(self, name)
+
     @property
     def outputs(self) -> tuple[str, ...]:
         return tuple(self._outputs)
@@ -155,6 +161,7 @@ class Graph:
         dilation=1,
         groups: int = 1,
         bias: bool = True,
+        weight: Tensor | None = None,
         name: str | None = None,
     ) -> Tensor:
         """Convolution (cross-correlation, equation 9.7) over 1, 2 or 3 spatial axes.
@@ -162,9 +169,11 @@ class Graph:
         ``padding`` is ``"valid"``, ``"same"``, ``"full"``, an int, a per-axis tuple of ints,
         or a per-axis tuple of ``(before, after)`` pairs. ``"same"`` keeps the size at
         stride 1 (the odd cell of an even kernel's padding goes after); at stride ``s`` it
-        gives ``ceil(size / s)`` outputs, as TensorFlow does.
+        gives ``ceil(size / s)`` outputs, as TensorFlow does. ``weight`` reuses an
+        existing parameter instead of creating ``<node>.weight`` (shared weights).
         """
-        return self._layer(Conv, (x,), name, channels=channels, kernel=kernel, stride=stride,
+        return self._layer(Conv, (x,), name, {"weight": weight}, channels=channels,
+                           kernel=kernel, stride=stride,
                            padding=padding, dilation=dilation, groups=groups, bias=bias)
 
     def conv_transpose(
@@ -179,6 +188,7 @@ class Graph:
         bias: bool = True,
         output_padding=0,
         output_size=None,
+        weight: Tensor | None = None,
         name: str | None = None,
     ) -> Tensor:
         """Transposed convolution (section 9.5): the input gradient of the convolution with
@@ -187,8 +197,10 @@ class Graph:
         The weight is ``(in_channels, channels / groups, *kernel)``. The output has
         ``(size - 1)·stride - padding + dilation·(kernel - 1) + 1 + output_padding`` cells
         per axis; ``output_size`` gives it directly instead of ``output_padding``.
+        ``weight`` reuses a parameter (a convolution's, for the tied autoencoder of 9.14).
         """
-        return self._layer(ConvTranspose, (x,), name, channels=channels, kernel=kernel,
+        return self._layer(ConvTranspose, (x,), name, {"weight": weight}, channels=channels,
+                           kernel=kernel,
                            stride=stride, padding=padding, dilation=dilation, groups=groups,
                            bias=bias, output_padding=output_padding, output_size=output_size)
 
@@ -243,14 +255,23 @@ class Graph:
         """Softmax over axis 1 (the channels), at every other index."""
         return self._layer(Softmax, (x,), name)
 
+    def mean_squared_error(self, a: Tensor, b: Tensor, name: str | None = None) -> Tensor:
+        """Mean over every element (batch included) of ``(a - b)²``; a 0-d tensor."""
+        return self._layer(MeanSquaredError, (a, b), name)
+
     def softmax_cross_entropy(self, logits: Tensor, labels: Tensor, name: str | None = None):
         """Mean over the batch of ``-log softmax(logits)[n, labels[n]]``; a 0-d tensor."""
         return self._layer(SoftmaxCrossEntropy, (logits, labels), name)
 
     # -- internals -------------------------------------------------------------------------
 
-    def _layer(self, cls: type[Op], args: tuple[Tensor, ...], name: str | None, **attrs):
-        """Build an op from the user's arguments, create its parameters, add its node."""
+    def _layer(self, cls: type[Op], args: tuple[Tensor, ...], name: str | None,
+               shared: dict[str, Tensor | None] | None = None, **attrs):
+        """Build an op from the user's arguments, create its parameters, add its node.
+
+        ``shared`` maps a parameter role (``"weight"``) to an existing parameter to use
+        instead of a new one: weight sharing, whose gradients add up.
+        """
         for t in args:
             self._check_tensor(t, cls.kind)
         name = self._fresh_name(cls.kind) if name is None else name
@@ -258,16 +279,35 @@ class Graph:
         ctx = self._context(name, args)
         op = cls.from_args(ctx, **attrs)
         specs = op.parameters(ctx)  # validates the inputs before anything is added
+        given = {role: t for role, t in (shared or {}).items() if t is not None}
+        for spec in specs:
+            if spec.role in given:
+                self._check_shared(ctx, spec, given[spec.role])
+            else:
+                self._check_name(f"{name}.{spec.role}")
         full = OpContext(name, ctx.shapes + tuple(s.shape for s in specs),
                          ctx.dtypes + ("float",) * len(specs), ctx.source)
         shape, dtype = op.infer(full)
+        params = []
         for spec in specs:
-            pname = f"{name}.{spec.role}"
-            self._check_name(pname)
-            self._insert(Node(pname, Param(fan_in=spec.fan_in), (), spec.shape, "float",
+            if spec.role in given:
+                params.append(given[spec.role].name)
+                continue
+            params.append(f"{name}.{spec.role}")
+            self._insert(Node(params[-1], Param(fan_in=spec.fan_in), (), spec.shape, "float",
                               ctx.source))
-        inputs = tuple(t.name for t in args) + tuple(f"{name}.{s.role}" for s in specs)
+        inputs = tuple(t.name for t in args) + tuple(params)
         return self._insert(Node(name, op, inputs, shape, dtype, ctx.source))
+
+    def _check_shared(self, ctx: OpContext, spec, tensor) -> None:
+        self._check_tensor(tensor, f"{spec.role} of {ctx.name}")
+        node = self.node(tensor.name)
+        if not isinstance(node.op, Param):
+            raise ctx.error(f"a shared {spec.role} must be a parameter, found {tensor.name!r} "
+                            f"({node.op.kind})")
+        if node.shape != spec.shape:
+            raise ctx.error(f"shared {spec.role} {tensor.name!r} has shape {fmt(node.shape)}, "
+                            f"expected {fmt(spec.shape)}")
 
     def _context(self, name: str, args: tuple[Tensor, ...]) -> OpContext:
         nodes = [self.node(t.name) for t in args]

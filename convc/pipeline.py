@@ -177,18 +177,19 @@ def _backward(graph: Graph, forward: list[Step], wrt: list[str]) -> list[Step]:
     merged: dict[tuple[str, str], list] = {}
     for comp, target, cs in adjoints:
         node = graph.node(owner[comp.tensor])
-        merged.setdefault((node.name, _role(node, target)), []).extend(cs)
+        merged.setdefault((node.name, _role(graph, node, target)), []).extend(cs)
     steps += [Step(node, role, tuple(cs)) for (node, role), cs in merged.items()]
     return steps
 
 
-def _role(node: Node, target: str) -> str:
-    """``dweight``/``dbias`` for a parameter, ``dinput`` (or ``dinput1``…) for data."""
-    if target.startswith(f"{node.name}."):
-        return "d" + target[len(node.name) + 1:]
+def _role(graph: Graph, node: Node, target: str) -> str:
+    """``dweight``/``dbias`` for a parameter, ``dinput`` (``dinput1``…) for data, and
+    ``dscratch`` for an op's own scratch tensors."""
     if target not in node.inputs:
         return "dscratch"
-    data = [i for i in node.inputs if not i.startswith(f"{node.name}.")]
+    if isinstance(graph.node(target).op, Param):
+        return "d" + target.rsplit(".", 1)[-1]
+    data = [i for i in node.inputs if not isinstance(graph.node(i).op, Param)]
     return "dinput" if len(data) == 1 else f"dinput{data.index(target)}"
 
 

@@ -93,12 +93,14 @@ class Epoch:
 
 def fit(module, params: dict, optimizer: Optimizer, inputs: dict[str, np.ndarray],
         epochs: int, batch_size: int = 64, seed: int = 0,
-        evaluate: Callable[[], float] | None = None, log=print) -> list[Epoch]:
+        evaluate: Callable[[], float] | None = None, metric: str = "held-out accuracy",
+        log=print) -> list[Epoch]:
     """Train ``module`` (compiled with ``grad``) on ``inputs`` for ``epochs``.
 
     ``inputs`` maps each graph input to an array whose first axis is the example; each
     epoch shuffles them with ``seed``. The module's 0-d output is the loss. ``evaluate``
-    returns an accuracy, printed with each epoch's line.
+    returns a figure (an accuracy, say) printed as ``metric`` on each epoch's line and kept
+    in `Epoch.accuracy`.
     """
     count = len(next(iter(inputs.values())))
     rng = np.random.default_rng(seed)
@@ -114,7 +116,7 @@ def fit(module, params: dict, optimizer: Optimizer, inputs: dict[str, np.ndarray
         rate = count / (time.perf_counter() - start)
         accuracy = evaluate() if evaluate else None
         history.append(Epoch(epoch, total / count, accuracy, rate))
-        shown = f"  held-out accuracy {accuracy:.4f}" if accuracy is not None else ""
+        shown = f"  {metric} {accuracy:.4f}" if accuracy is not None else ""
         log(f"epoch {epoch:3d}  loss {total / count:.4f}{shown}  {rate:,.0f} images/s")
     return history
 
