@@ -7,40 +7,100 @@ bounds that clipping solved) and C (the function and its lines in the source).
 
 from __future__ import annotations
 
+import numpy as np
 import sympy
 
+from .autodiff import is_proven_inside
+from .ir.affine import affine_terms
 from .ir.comprehension import Comprehension, Reduction
 from .loops import format_nest
 from .ops import BATCH, fmt
 from .pipeline import Lowered
 
 
-def flops(comp: Comprehension) -> sympy.Expr:
-    """Floating-point operations of one comprehension: its points times the body's ops."""
-    per_point = sympy.count_ops(comp.body, visual=False)
+def flops(comp: Comprehension, shapes: dict[str, tuple]) -> sympy.Expr:
+    """Floating-point operations of one comprehension: the points it computes (taps that
+    read zero padding excluded) times the operations of its body (index arithmetic not
+    counted)."""
+    values = {a: sympy.Dummy() for a in comp.body.atoms(sympy.Indexed)}
+    per_point = sympy.count_ops(comp.body.xreplace(values), visual=False)
     if comp.reduction is not Reduction.NONE:
         per_point += 1
-    return points(comp.variables) * per_point
+    return points(comp, shapes) * per_point
 
 
-def points(dims) -> sympy.Expr:
-    """How many points a domain has. Bounds that depend on an outer variable (the taps a
-    derived input gradient gathers) are summed over that variable's values."""
-    dims = list(dims)
-    for i, d in enumerate(dims):
-        outer = [o for o in dims[:i] if o.var in (d.start.free_symbols | d.stop.free_symbols)]
-        if outer:
-            (o,) = outer  # one outer variable per dependent bound, as derivation makes them
-            rest = [x for x in dims if x is not o and x is not d]
-            count = sum(int(sympy.Max(0, d.extent.subs(o.var, v)))
-                        for v in range(int(o.start), int(o.stop)))
-            return count * points(rest)
-    return sympy.Mul(*(d.extent for d in dims))
+def points(comp: Comprehension, shapes: dict[str, tuple], limit: int = 10**6) -> sympy.Expr:
+    """How many points a comprehension's domain has, after its ``where`` constraints and
+    the reads that fall in the padding (which lowering skips) are taken out.
+
+    Variables tied by constraints (an output position and a kernel tap) are counted
+    together by enumerating their box; a box over ``limit`` points counts whole.
+    """
+    variables = [d.var for d in comp.variables]
+    reduced = {d.var for d in comp.reduced}
+    where = list(comp.where)
+    dims = {d.var: d for d in comp.variables}
+    for a in comp.accesses():
+        if comp.fill_of(str(a.base.label)) is not None:
+            for i, size in zip(a.indices, shapes[str(a.base.label)]):
+                box = {v: dims[v] for v in sympy.sympify(i).free_symbols if v in dims}
+                if set(box) & reduced and not is_proven_inside(i, box, size):
+                    where.append((i, 0, size))
+    groups = [set(affine_terms(e, variables)[0]) for e, _, _ in where]
+    merged: list[set] = []
+    for g in groups:
+        for other in [m for m in merged if m & g]:
+            merged.remove(other)
+            g |= other
+        merged.append(g)
+    count = sympy.Integer(1)
+    tied = set().union(*merged) if merged else set()
+    for d in comp.variables:
+        if d.var not in tied:
+            count *= d.extent
+    for group in merged:
+        dims = [d for d in comp.variables if d.var in group]
+        count *= _count_box(dims, where, limit)
+    return count
+
+
+def _count_box(dims, where, limit) -> int:
+    sizes = [int(d.extent) for d in dims]
+    if np.prod(sizes, dtype=float) > limit:
+        return int(np.prod(sizes))
+    grids = np.meshgrid(*[np.arange(int(d.start), int(d.stop)) for d in dims], indexing="ij")
+    env = {d.var: g for d, g in zip(dims, grids)}
+    inside = np.ones(grids[0].shape, bool) if grids else np.ones((), bool)
+    for e, lo, hi in where:
+        if e.free_symbols <= set(env):
+            value = sympy.lambdify(list(env), e, "numpy")(*env.values())
+            inside &= (value >= int(lo)) & (value < int(hi))
+    return int(inside.sum())
+
+
+def saved_tensors(lowered: Lowered) -> dict[str, sympy.Expr]:
+    """Forward tensors that the backward pass reads, with their bytes per example."""
+    forward = {c.tensor for s in lowered.steps if s.role == "fwd" for c in s.comps}
+    read = set()
+    for step in lowered.steps:
+        if step.role not in ("fwd", "start"):
+            read |= set(lowered.kernels[step].reads)
+    kept = {}
+    for name in sorted(read & forward):
+        b = lowered.buffers[name]
+        width = 8 if b.ctype in ("double", "int64_t") else 4
+        kept[name] = (b.size * width).subs(BATCH, 1)
+    return kept
 
 
 def explain(lowered: Lowered) -> str:
     sections = [f"graph {lowered.graph.name!r}, {lowered.dtype}, "
                 f"entry point {lowered.entry}"]
+    if lowered.wrt:
+        kept = saved_tensors(lowered)
+        listed = ", ".join(f"{n} ({b} B)" for n, b in kept.items())
+        sections[0] += (f"\nSAVED     the backward pass reads {sum(kept.values())} bytes per "
+                        f"example of the forward pass: {listed}")
     lines = _function_lines(lowered)
     for node in lowered.nodes:
         steps = [s for s in lowered.steps if s.node == node.name]
@@ -56,7 +116,8 @@ def explain(lowered: Lowered) -> str:
         for step in derived:
             out.append(f"DERIVED   {step.role}: " + _indent(_equations(step.comps), 2))
         for step in steps:
-            total = sum((flops(c) for c in step.comps), sympy.Integer(0))
+            shapes = {n: b.shape for n, b in lowered.buffers.items()}
+            total = sum((flops(c, shapes) for c in step.comps), sympy.Integer(0))
             out.append(f"FLOPS     {step.role}: {total.subs(BATCH, 1)} per example")
         for step in steps:
             out.append(f"LOOPS     {step.role}:\n" + _indent(

@@ -58,6 +58,10 @@ class Dim:
     start: sympy.Expr
     stop: sympy.Expr
 
+    def __post_init__(self):
+        object.__setattr__(self, "start", sympy.sympify(self.start))
+        object.__setattr__(self, "stop", sympy.sympify(self.stop))
+
     @classmethod
     def of(cls, spec) -> Dim:
         """From a `Dim`, ``(var, extent)`` or ``(var, start, stop)``."""
