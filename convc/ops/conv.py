@@ -56,10 +56,7 @@ class Conv(Op):
     def parameters(self, ctx: OpContext) -> tuple[ParamSpec, ...]:
         self.check_inputs(ctx)
         cin = ctx.shapes[0][1]
-        for what, count in (("input channels", cin), ("output channels", self.channels)):
-            if count % self.groups:
-                raise ctx.error(f"{what} must be divisible by groups={self.groups}, "
-                                f"found {count} (input shape {fmt(ctx.shapes[0])})")
+        check_groups(ctx, cin, self.channels, self.groups)
         per_group = cin // self.groups
         fan_in = per_group * math.prod(self.kernel)
         weight = ParamSpec("weight", (self.channels, per_group, *self.kernel), fan_in)
@@ -106,6 +103,14 @@ class Conv(Op):
             fill=((x, sympy.Integer(0)),),
             equation="eq. 9.7" if set(self.stride) == {1} else "eq. 9.8",
         ),)
+
+
+def check_groups(ctx: OpContext, cin: int, cout: int, groups: int) -> None:
+    """Input and output channels must both split into ``groups`` equal groups."""
+    for what, count in (("input channels", cin), ("output channels", cout)):
+        if count % groups:
+            raise ctx.error(f"{what} must be divisible by groups={groups}, found {count} "
+                            f"(input shape {fmt(ctx.shapes[0])})")
 
 
 def resolve_padding(padding, sizes, extents, strides, ctx: OpContext):

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import sympy
 
 from ..autodiff import gather, zeros
-from . import Op, OpContext, ParamSpec, fmt, per_axis, spatial_rank
-from .conv import Conv, pad_pairs
+from . import Op, OpContext, ParamSpec, per_axis, spatial_rank
+from .conv import Conv, check_groups, pad_pairs
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -65,10 +65,7 @@ class ConvTranspose(Op):
     def parameters(self, ctx: OpContext) -> tuple[ParamSpec, ...]:
         self.check_inputs(ctx)
         cin = ctx.shapes[0][1]
-        for what, count in (("input channels", cin), ("output channels", self.channels)):
-            if count % self.groups:
-                raise ctx.error(f"{what} must be divisible by groups={self.groups}, "
-                                f"found {count} (input shape {fmt(ctx.shapes[0])})")
+        check_groups(ctx, cin, self.channels, self.groups)
         per_group = self.channels // self.groups
         fan_in = cin // self.groups * math.prod(self.kernel)
         weight = ParamSpec("weight", (cin, per_group, *self.kernel), fan_in)
