@@ -39,25 +39,39 @@ from .ir.affine import affine_terms, index_range, invert_access, is_proven
 from .ir.comprehension import ACC, Comprehension, Dim, Reduction, row_major
 
 
-def grad_name(tensor: str) -> str:
-    """The name of the gradient tensor of ``tensor``."""
-    return f"grad:{tensor}"
+class Names:
+    """Names of the tensors derivation makes: ``grad:T``, ``seed:T`` (an output's given
+    gradient), ``T.argmax``; one that a graph tensor already has gets a ``~1`` suffix."""
 
+    def __init__(self, taken=()):
+        self.taken = set(taken)
+        self.made: dict[str, str] = {}
 
-def seed_name(tensor: str) -> str:
-    """The name of the given gradient of an output (its gradient then adds what flows back
-    from the nodes that read it)."""
-    return f"seed:{tensor}"
+    def __call__(self, wanted: str) -> str:
+        if wanted not in self.made:
+            name, i = wanted, 1
+            while name in self.taken:
+                name, i = f"{wanted}~{i}", i + 1
+            self.taken.add(name)
+            self.made[wanted] = name
+        return self.made[wanted]
+
+    def grad(self, tensor: str) -> str:
+        return self(f"grad:{tensor}")
+
+    def seed(self, tensor: str) -> str:
+        return self(f"seed:{tensor}")
 
 
 def derive(comps: Sequence[Comprehension], seeds: set[str], wrt: set[str],
-           shapes: dict[str, tuple]) -> tuple[list[Comprehension], list[tuple]]:
-    """The comprehensions computing ``grad:T`` for every ``T`` in ``wrt``.
+           shapes: dict[str, tuple], names: Names) -> tuple[list, dict, list]:
+    """The comprehensions computing the gradient of every tensor in ``wrt``.
 
     ``comps`` is the forward pass in execution order; ``seeds`` are the tensors whose
-    gradients are given, as ``seed:<tensor>``. Intermediate gradients are computed where a path leads from a
-    tensor of ``wrt`` to a seed. Returns the zero fills of every gradient tensor; what the
-    forward pass must also compute, by the tensor it goes with (the argmax of a max); and
+    gradients are given (as ``names.seed(T)``), and each gradient is ``names.grad(T)``.
+    Intermediate gradients are computed where a path leads from a tensor of ``wrt`` to a
+    seed. Returns the starting values of every gradient (0, or the seed); what the forward
+    pass must also compute, by the tensor it goes with (the argmax of a max); and
     ``(forward comprehension, target, adjoint comprehensions)`` in the order they run.
     """
     needed = _tensors_needing_grad(comps, seeds, wrt)
@@ -65,18 +79,19 @@ def derive(comps: Sequence[Comprehension], seeds: set[str], wrt: set[str],
     for comp in reversed(comps):
         if comp.tensor not in needed or comp.stop_gradient:
             continue
-        upstream, pre = _upstream(comp)
+        upstream, pre = _upstream(comp, names)
         if comp.reduction is Reduction.MAX:
-            saved[comp.tensor] = _argmax(comp)
+            saved[comp.tensor] = _argmax(comp, names)
             upstream *= sympy.KroneckerDelta(row_major(comp.reduced), saved[comp.tensor].output)
         for target in comp.inputs():
             if target == comp.tensor:
                 _check_accumulates(comp)  # Z += f: Z's gradient passes through unchanged
             elif target in wrt or target in needed:
-                steps.append((comp, target, pre + adjoint(comp, target, upstream, shapes)))
+                cs = adjoint(comp, target, upstream, shapes, names)
+                steps.append((comp, target, pre + cs))
                 pre = []
-    fills = [_copy(seed_name(t), grad_name(t), shapes[t]) if t in seeds
-             else zeros(grad_name(t), shapes[t]) for t in sorted(wrt | needed)]
+    fills = [_copy(names.seed(t), names.grad(t), shapes[t]) if t in seeds
+             else zeros(names.grad(t), shapes[t]) for t in sorted(wrt | needed)]
     return fills, saved, steps
 
 
@@ -90,9 +105,9 @@ def _check_accumulates(comp: Comprehension) -> None:
                               f"other than to add to it cannot be differentiated")
 
 
-def _argmax(comp: Comprehension) -> Comprehension:
+def _argmax(comp: Comprehension, names: Names) -> Comprehension:
     """Where the first maximum of each window is: the gradient of a max goes there only."""
-    index = sympy.IndexedBase(f"{comp.tensor}.argmax")[comp.output.indices]
+    index = sympy.IndexedBase(names(f"{comp.tensor}.argmax"))[comp.output.indices]
     return Comprehension(output=index, free=comp.free, reduced=comp.reduced,
                          reduction=Reduction.ARGMAX, body=comp.body, fill=comp.fill,
                          equation=comp.equation)
@@ -111,8 +126,8 @@ def _tensors_needing_grad(comps, seeds: set[str], wrt: set[str]) -> set[str]:
     return reaches_wrt & reaches_seed
 
 
-def adjoint(comp: Comprehension, target: str, upstream: sympy.Expr,
-            shapes) -> list[Comprehension]:
+def adjoint(comp: Comprehension, target: str, upstream: sympy.Expr, shapes,
+            names: Names) -> list[Comprehension]:
     """Comprehensions adding the gradient through ``comp`` to ``grad:target``.
 
     ``upstream`` is the gradient of ``comp``'s output point, from `_upstream`.
@@ -125,7 +140,8 @@ def adjoint(comp: Comprehension, target: str, upstream: sympy.Expr,
             local = _partial(expr, access)
             if local == 0:
                 continue
-            out += gather(upstream * local, access, domain, comp, shapes[target], role)
+            out += gather(upstream * local, access, domain, comp, shapes[target], role,
+                          output=names.grad(target))
     return out
 
 
@@ -147,14 +163,14 @@ def _partial(expr: sympy.Expr, access: sympy.Indexed) -> sympy.Expr:
     return d.xreplace({x: access})
 
 
-def _upstream(comp: Comprehension) -> tuple[sympy.Expr, list[Comprehension]]:
+def _upstream(comp: Comprehension, names: Names) -> tuple[sympy.Expr, list[Comprehension]]:
     """``dZ[o(F)]·final'(acc)`` as an expression of the free variables.
 
     When ``final`` is not the identity its derivative is computed once per output point
     into a scratch tensor ``grad:Z.acc``, written in terms of the saved output ``Z`` (for
     ``sqrt(acc)``, ``1/(2·Z)``); a point where that is singular (a zero norm) gets 0.
     """
-    dz = sympy.IndexedBase(grad_name(comp.tensor))[comp.output.indices]
+    dz = sympy.IndexedBase(names.grad(comp.tensor))[comp.output.indices]
     if comp.final is None:
         return dz, []
     z = comp.output
@@ -170,7 +186,7 @@ def _upstream(comp: Comprehension) -> tuple[sympy.Expr, list[Comprehension]]:
     if any(p.exp.is_negative for p in deriv.atoms(sympy.Pow) if p.base == z):
         value = sympy.Piecewise((value, sympy.Ne(z, 0)), (0, True))
     free = [d.var for d in comp.free] or [0]
-    name = grad_name(f"{comp.tensor}.acc")
+    name = names.grad(f"{comp.tensor}.acc")
     acc_grad = sympy.IndexedBase(name)[free]
     pre = Comprehension(output=acc_grad, free=comp.free, body=value,
                         inside=frozenset(value.atoms(sympy.Indexed)))
@@ -195,10 +211,9 @@ def zeros(name: str, shape: tuple) -> Comprehension:
 
 
 def gather(term: sympy.Expr, access: sympy.Indexed, domain: Sequence[Dim],
-           comp: Comprehension, shape: tuple, role: str = "body",
-           output: str | None = None) -> list[Comprehension]:
-    """``out[a(v)] += term(v)`` for every ``v`` of ``domain`` (and of ``comp.where``), as
-    gather comprehensions; ``out`` is ``grad:T`` for the access ``T[a]`` unless given."""
+           comp: Comprehension, shape: tuple, role: str, output: str) -> list[Comprehension]:
+    """``output[a(v)] += term(v)`` for every ``v`` of ``domain`` (and of ``comp.where``)
+    where ``a`` is ``access``'s index, as gather comprehensions."""
     single = {d.var: d.start for d in domain if d.extent == 1}  # a 1-wide range is a constant
     where = list(comp.where)
     if single:
@@ -217,7 +232,6 @@ def gather(term: sympy.Expr, access: sympy.Indexed, domain: Sequence[Dim],
     options = [_solve_axis(axis, idx, size, dims, forward_free, comp, access)
                for axis, (idx, size) in enumerate(zip(access.indices, shape))]
     summed = tuple(d for d in domain if d.var not in owner)
-    name = output or grad_name(str(access.base.label))
     equation = _equation(comp, comp.fill_of(str(access.base.label)), role)
     out = []
     for choice in itertools.product(*options):
@@ -225,7 +239,7 @@ def gather(term: sympy.Expr, access: sympy.Indexed, domain: Sequence[Dim],
             continue  # a phase no point reaches: its gradient stays 0
         subs = {k: v for c in choice for k, v in c.subs.items()}
         body = term.xreplace(subs)
-        target = sympy.IndexedBase(name)[tuple(c.index for c in choice)]
+        target = sympy.IndexedBase(output)[tuple(c.index for c in choice)]
         reduced = summed + tuple(d for c in choice for d in c.reduced)
         inside = {a for a in body.atoms(sympy.Indexed)
                   if comp.fill_of(str(a.base.label)) is None}

@@ -109,7 +109,7 @@ def explain(lowered: Lowered) -> str:
         fwd, derived = steps[0], steps[1:]
         ins = ", ".join(f"{i} {fmt(lowered.graph.node(i).shape)}" for i in node.inputs)
         out = [
-            f"NODE      {node.name} ({node.op.kind}) at {node.source}",
+            f"NODE      {_shown(node.name)} ({node.op.kind}) at {node.source}",
             f"SHAPES    {ins} -> {fmt(node.shape)}",
             "EQUATIONS " + _indent(_equations(fwd.comps)),
         ]
@@ -126,6 +126,11 @@ def explain(lowered: Lowered) -> str:
             out.append(f"C         {lowered.functions[step]}, source lines {lines[step]}")
         sections.append("\n".join(out))
     return "\n\n".join(sections) + "\n"
+
+
+def _shown(name: str) -> str:
+    """A name as given, or quoted with escapes when it has unprintable characters."""
+    return name if name.isprintable() else repr(name)
 
 
 def _equations(comps) -> str:

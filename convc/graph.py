@@ -94,11 +94,11 @@ class Graph:
 
     def __init__(self, name: str = "net"):
         if not isinstance(name, str) or not name:
-            raise GraphError(f"graph name must be a non-empty string, got {name!r}")
+            raise GraphError(f"graph name must be a non-empty string, got {name!r} "
+                             f"({user_source()})")
         self.name = name
         self._nx = nx.DiGraph()
         self._outputs: list[str] = []
-        self._counters: dict[str, int] = {}
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -148,7 +148,11 @@ class Graph:
         for t in tensors:
             self._check_tensor(t, "output")
             if t.name in self._outputs:
-                raise GraphError(f"{t.name!r} is already an output")
+                raise GraphError(f"{t.name!r} is already an output of graph {self.name!r} "
+                                 f"({user_source()})")
+            if self.node(t.name).is_source:
+                raise GraphError(f"output {t.name!r} is a graph input or parameter; an output "
+                                 f"must be computed by a layer ({user_source()})")
             self._outputs.append(t.name)
 
     def conv(
@@ -272,10 +276,10 @@ class Graph:
         ``shared`` maps a parameter role (``"weight"``) to an existing parameter to use
         instead of a new one: weight sharing, whose gradients add up.
         """
-        for t in args:
-            self._check_tensor(t, cls.kind)
         name = self._fresh_name(cls.kind) if name is None else name
         self._check_name(name)
+        for t in args:
+            self._check_tensor(t, f"node {name!r} ({cls.kind})")
         ctx = self._context(name, args)
         op = cls.from_args(ctx, **attrs)
         specs = op.parameters(ctx)  # validates the inputs before anything is added
@@ -321,11 +325,11 @@ class Graph:
         return Tensor(self, node.name)
 
     def _fresh_name(self, kind: str) -> str:
-        while True:
-            i = self._counters.get(kind, 0)
-            self._counters[kind] = i + 1
-            if f"{kind}{i}" not in self._nx:
-                return f"{kind}{i}"
+        """The first of ``kind0``, ``kind1``… not taken (a refused call takes none)."""
+        i = 0
+        while f"{kind}{i}" in self._nx:
+            i += 1
+        return f"{kind}{i}"
 
     def _check_name(self, name: object) -> None:
         if not isinstance(name, str) or not name:
@@ -336,6 +340,9 @@ class Graph:
                              f"has a node of that name ({user_source()})")
 
     def _check_tensor(self, t: object, where: str) -> None:
-        if not isinstance(t, Tensor) or t.graph is not self:
+        if isinstance(t, Tensor) and t.graph is not self:
+            raise GraphError(f"{where}: expected a Tensor of graph {self.name!r}, got tensor "
+                             f"{t.name!r} of graph {t.graph.name!r} ({user_source()})")
+        if not isinstance(t, Tensor):
             raise GraphError(f"{where}: expected a Tensor of graph {self.name!r}, got {t!r} "
                              f"({user_source()})")

@@ -59,7 +59,7 @@ def lower_node(node: str, inputs: tuple[str, ...], comps, shapes: dict[str, tupl
     nests = tuple(s for c in comps for s in lower_comprehension(c, shapes))
     writes = tuple(dict.fromkeys(c.tensor for c in comps))
     used = {t for c in comps for t in c.inputs()} - set(writes)
-    reads = [t for t in inputs if t in used] + sorted(used - set(inputs))
+    reads = [t for t in dict.fromkeys(inputs) if t in used] + sorted(used - set(inputs))
     return Kernel(node, nests, tuple(reads), writes)
 
 

@@ -15,7 +15,6 @@ import sympy
 from .build import Library
 from .errors import ArgumentError, ExecutionError
 from .ops import fmt
-from .autodiff import grad_name
 from .pipeline import Lowered
 
 NUMPY = {"float32": np.float32, "float64": np.float64}
@@ -39,9 +38,8 @@ class Module:
         self._entry = getattr(self._lib, lowered.entry)
         self.dtype = lowered.dtype
         self._ranges = _integer_ranges(lowered)
-        # an output's given gradient is the argument grad:<output>, the C buffer seed:<output>
-        self._seeds = {grad_name(b.name[len("seed:"):]): b.name
-                       for b in lowered.arguments() if b.role == "seed"}
+        # an output's given gradient is the argument grad:<output>, a seed buffer in the C
+        self._seeds = {f"grad:{out}": seed for out, seed in lowered.seeds.items()}
 
     # -- what it is ------------------------------------------------------------------------
 
@@ -134,7 +132,7 @@ class Module:
         result = next(iter(outputs.values())) if len(outputs) == 1 else outputs
         if not self.lowered.wrt:
             return result
-        return result, {n: args[grad_name(n)] for n in self.lowered.wrt}
+        return result, {n: args[buffer] for n, buffer in self.lowered.grads.items()}
 
     def _with_default_seeds(self, arrays: dict) -> dict:
         """Output gradients not given: 1 for a 0-d output (a loss), else 0; so by default
@@ -158,7 +156,8 @@ class Module:
         unknown = sorted(set(arrays) - set(names))
         missing = [n for n in names if n not in arrays]
         if unknown or missing:
-            shown = [n for n in names if not n.startswith("seed:")] + list(self._seeds)
+            seeds = set(self._seeds.values())
+            shown = [n for n in names if n not in seeds] + list(self._seeds)
             raise ArgumentError(
                 f"module {self.lowered.graph.name!r} takes {', '.join(shown)}"
                 + (f"; unexpected: {', '.join(unknown)}" if unknown else "")

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 from .codegen.cprinter import CPrinter
 from .codegen.emit import Buffer, emit_entry, emit_kernel, size_symbols
-from .codegen.names import NameTable, c_identifier
+from .codegen.names import NameTable, c_comment, c_identifier
 from .errors import ConvcError, GraphError, InternalError
-from .graph import Graph, Node
+from .graph import Graph, Node, user_source
 from .ir.affine import index_range
 from .ir.comprehension import ACC, ARG, Comprehension, Reduction
 from .loops import Kernel
-from .autodiff import derive, grad_name, seed_name
+from .autodiff import Names, derive
 from .lower import lower_node
 from .ops import fmt
 from .ops.source import Input, Param
@@ -60,6 +60,8 @@ class Lowered:
     entry: str
     source: str
     cdef: str
+    grads: dict[str, str] = field(default_factory=dict)
+    seeds: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -115,9 +117,11 @@ def lower(graph: Graph, dtype: str = "float32", grad=False) -> Lowered:
     relu0[d0, d1] = Max(0, x[d0, d1])   for d0 < N, d1 < 3
     """
     if dtype not in DTYPES:
-        raise GraphError(f"dtype must be one of {tuple(DTYPES)}, found {dtype!r}")
+        raise GraphError(f"dtype must be one of {tuple(DTYPES)}, found {dtype!r} "
+                         f"({user_source()})")
     if not isinstance(graph, Graph):
-        raise GraphError(f"expected a convc.Graph, found {type(graph).__name__}")
+        raise GraphError(f"expected a convc.Graph, found {type(graph).__name__} "
+                         f"({user_source()})")
     timings: dict[str, float] = {}
     nodes = _nodes_to_run(graph)
     wrt = _wrt(graph, nodes, grad)
@@ -125,14 +129,16 @@ def lower(graph: Graph, dtype: str = "float32", grad=False) -> Lowered:
     for node in nodes:
         if not node.is_source:
             with _stage("comprehensions", timings, node.name):
-                shapes = tuple(graph.node(i).shape for i in node.inputs)
-                comps = node.op.comprehensions(node.name, node.inputs, shapes, node.shape)
-                steps.append(Step(node.name, "fwd", tuple(comps)))
+                steps.append(_forward_step(graph, node))
+    grads, seeds = {}, {}
     if wrt:
         with _stage("derive", timings):
-            steps += _backward(graph, steps, wrt)
+            backward, names = _backward(graph, steps, wrt)
+            steps += backward
+            grads = {w: names.grad(w) for w in wrt}
+            seeds = {o: names.seed(o) for o in graph.outputs}
     with _stage("buffers", timings):
-        buffers = _buffers(graph, nodes, steps, wrt, DTYPES[dtype])
+        buffers = _buffers(graph, nodes, steps, grads, seeds, DTYPES[dtype])
     shapes = {name: b.shape for name, b in buffers.items()}
     kernels = {}
     for step in steps:
@@ -144,7 +150,7 @@ def lower(graph: Graph, dtype: str = "float32", grad=False) -> Lowered:
         entry = f"convc_{gname}_{'train' if wrt else 'forward'}"
         source, cdef = _emit(graph, steps, kernels, functions, entry, buffers, dtype)
     return Lowered(graph, dtype, tuple(nodes), tuple(wrt), tuple(steps), buffers, kernels,
-                   functions, entry, source, cdef, timings)
+                   functions, entry, source, cdef, grads, seeds, timings)
 
 
 def _wrt(graph: Graph, nodes, grad) -> list[str]:
@@ -162,14 +168,16 @@ def _wrt(graph: Graph, nodes, grad) -> list[str]:
     return names
 
 
-def _backward(graph: Graph, forward: list[Step], wrt: list[str]) -> list[Step]:
-    """The steps of the backward pass: zero the gradients, then each adjoint in turn."""
+def _backward(graph: Graph, forward: list[Step], wrt: list[str]) -> tuple[list[Step], Names]:
+    """The steps of the backward pass (gradients' starting values, then each adjoint in
+    turn), and the names derivation gave the gradients."""
     owner = {c.tensor: s.node for s in forward for c in s.comps}
     comps = [c for s in forward for c in s.comps]
     shapes = {n.name: n.shape for n in graph.nodes()}
     for c in comps:
         shapes.setdefault(c.tensor, _extent(c))
-    zeros, saved, adjoints = derive(comps, set(graph.outputs), set(wrt), shapes)
+    names = Names(shapes)
+    zeros, saved, adjoints = derive(comps, set(graph.outputs), set(wrt), shapes, names)
     for i, step in enumerate(forward):  # what the backward pass needs the forward to keep
         extra = tuple(saved[c.tensor] for c in step.comps if c.tensor in saved)
         forward[i] = Step(step.node, step.role, step.comps + extra)
@@ -179,7 +187,7 @@ def _backward(graph: Graph, forward: list[Step], wrt: list[str]) -> list[Step]:
         node = graph.node(owner[comp.tensor])
         merged.setdefault((node.name, _role(graph, node, target)), []).extend(cs)
     steps += [Step(node, role, tuple(cs)) for (node, role), cs in merged.items()]
-    return steps
+    return steps, names
 
 
 def _role(graph: Graph, node: Node, target: str) -> str:
@@ -207,19 +215,35 @@ def _function_name(gname: str, step: Step, buffers) -> str:
 def _nodes_to_run(graph: Graph) -> list[Node]:
     """Sources, and the nodes the outputs depend on, in topological order."""
     if not graph.outputs:
-        raise GraphError(f"graph {graph.name!r} has no outputs: mark some with g.output(...)")
+        raise GraphError(f"graph {graph.name!r} has no outputs: mark some with g.output(...) "
+                         f"({user_source()})")
     needed = set(graph.outputs)
     for node in reversed(graph.nodes()):
         if node.name in needed:
             needed.update(node.inputs)
-    for name in graph.outputs:
-        if graph.node(name).is_source:
-            raise GraphError(f"output {name!r} is a graph input or parameter, not a computed "
-                             f"tensor")
     return [n for n in graph.nodes() if n.is_source or n.name in needed]
 
 
-def _buffers(graph, nodes, steps, wrt, float_type) -> dict[str, Buffer]:
+def _forward_step(graph: Graph, node: Node) -> Step:
+    """The forward comprehensions of ``node``. Its scratch tensors (``s.max``, the row
+    maxima of softmax ``s``) must not take the name of a graph node; if one would, the op
+    builds them under another name for itself (``s~1.max``)."""
+    taken = {n.name for n in graph.nodes()}
+    shapes = tuple(graph.node(i).shape for i in node.inputs)
+    alias, i = node.name, 0
+    while True:
+        comps = node.op.comprehensions(alias, node.inputs, shapes, node.shape)
+        scratch = {c.tensor for c in comps} - {alias}
+        if not scratch & (taken | {node.name}):
+            break
+        i += 1
+        alias = f"{node.name}~{i}"
+    if alias != node.name:
+        comps = [c.renamed({alias: node.name}) for c in comps]
+    return Step(node.name, "fwd", tuple(comps))
+
+
+def _buffers(graph, nodes, steps, grads, seeds, float_type) -> dict[str, Buffer]:
     """Every tensor the C touches, with a unique C identifier, in argument order."""
     comps = [c for s in steps for c in s.comps]
     reserved = {str(d.var) for c in comps for d in c.variables}
@@ -237,20 +261,16 @@ def _buffers(graph, nodes, steps, wrt, float_type) -> dict[str, Buffer]:
         for n in nodes:
             if isinstance(n.op, kind):
                 add(n.name, n.shape, n.dtype, role)
-    if wrt:
-        for name in graph.outputs:
-            add(seed_name(name), nodes_by_name[name].shape, "float", "seed")
+    for name, seed in seeds.items():
+        add(seed, nodes_by_name[name].shape, "float", "seed")
     for name in graph.outputs:
         add(name, nodes_by_name[name].shape, nodes_by_name[name].dtype, "output")
-    for name in wrt:
-        add(grad_name(name), nodes_by_name[name].shape, "float", "grad")
-    for c in comps:
-        base = c.tensor[len("grad:"):] if c.tensor.startswith("grad:") else None
+    for name, grad in grads.items():
+        add(grad, nodes_by_name[name].shape, "float", "grad")
+    for c in comps:  # the first comprehension writing a scratch tensor covers all of it
         if c.tensor in nodes_by_name:
             node = nodes_by_name[c.tensor]
             add(c.tensor, node.shape, node.dtype, "temp")
-        elif base in out:
-            add(c.tensor, out[base].shape, "float", "temp")
         else:
             dtype = "int64" if c.reduction is Reduction.ARGMAX else "float"
             add(c.tensor, _extent(c), dtype, "temp")
@@ -272,7 +292,7 @@ def _extent(comp: Comprehension) -> tuple:
 def _emit(graph, steps, kernels, functions, entry, buffers, dtype):
     printer = CPrinter(dtype, {n: (b.cname, b.shape) for n, b in buffers.items()})
     what = "the forward and backward passes" if "grad" in _roles(buffers) else "the forward pass"
-    parts = [f"/* Generated by convc from graph {_quote(graph.name)}: {what}. */",
+    parts = [f"/* {c_comment(f'Generated by convc from graph {graph.name!r}: {what}.')} */",
              "#include <math.h>", "#include <stdint.h>", "",
              '#include "convc_runtime.h"', ""]
     calls = []

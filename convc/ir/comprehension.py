@@ -14,7 +14,7 @@ the stored value (a mean divides by a count); both may read the free variables.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy
 
@@ -131,6 +131,18 @@ class Comprehension:
 
     def inputs(self) -> list[str]:
         return sorted({str(a.base.label) for a in self.accesses()})
+
+    def renamed(self, names: dict[str, str]) -> Comprehension:
+        """The same comprehension with tensors renamed (``{old: new}``)."""
+        bases = {sympy.IndexedBase(old): sympy.IndexedBase(new) for old, new in names.items()}
+
+        def sub(e):
+            return None if e is None else e.xreplace(bases)
+
+        return replace(self, output=sub(self.output), body=sub(self.body), init=sub(self.init),
+                       final=sub(self.final), inside=frozenset(sub(a) for a in self.inside),
+                       fill=tuple((names.get(t, t), v) for t, v in self.fill),
+                       where=tuple((sub(e), lo, hi) for e, lo, hi in self.where))
 
     def __str__(self) -> str:
         return self.text()

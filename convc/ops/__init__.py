@@ -8,6 +8,7 @@ downstream looks at an op's class: it reads the comprehensions.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -83,16 +84,27 @@ class Op:
         raise NotImplementedError
 
 
+def is_int(value) -> bool:
+    """An integer (numpy's included), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def positive_int(value, what: str, ctx: OpContext) -> int:
+    if not is_int(value) or value < 1:
+        raise ctx.error(f"{what} must be a positive int, found {value!r}")
+    return int(value)
+
+
 def per_axis(value, rank: int, what: str, ctx: OpContext, minimum: int = 1) -> tuple[int, ...]:
     """An int or a tuple of ``rank`` ints, each at least ``minimum``, as a tuple."""
-    values = (value,) * rank if isinstance(value, int) else value
+    values = (value,) * rank if is_int(value) else value
     if not isinstance(values, tuple | list) or len(values) != rank:
         raise ctx.error(f"{what} must be an int or a tuple of {rank} ints "
                         f"(one per spatial axis), found {value!r}")
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        if not is_int(v) or v < minimum:
             raise ctx.error(f"{what} must be integers >= {minimum}, found {value!r}")
-    return tuple(values)
+    return tuple(int(v) for v in values)
 
 
 def spatial_rank(ctx: OpContext, ranks=(1, 2, 3)) -> int:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import sympy
 
 from ..ir.comprehension import Comprehension, Reduction
-from . import Op, OpContext, ParamSpec, fmt, index, per_axis, spatial_rank
+from . import (Op, OpContext, ParamSpec, fmt, index, is_int, per_axis, positive_int,
+               spatial_rank)
 
 PADDING_MODES = ("valid", "same", "full")
 
@@ -37,10 +38,8 @@ class Conv(Op):
     def from_args(cls, ctx: OpContext, *, channels, kernel, stride, padding, dilation,
                   groups, bias) -> Conv:
         rank = spatial_rank(ctx)
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ctx.error(f"channels must be a positive int, found {channels!r}")
-        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-            raise ctx.error(f"groups must be a positive int, found {groups!r}")
+        channels = positive_int(channels, "channels", ctx)
+        groups = positive_int(groups, "groups", ctx)
         kernel = per_axis(kernel, rank, "kernel", ctx)
         stride = per_axis(stride, rank, "stride", ctx)
         dilation = per_axis(dilation, rank, "dilation", ctx)
@@ -139,21 +138,21 @@ def resolve_padding(padding, sizes, extents, strides, ctx: OpContext):
 
 def pad_pairs(padding, rank: int, ctx: OpContext) -> tuple[tuple[int, int], ...]:
     """An int, ``rank`` ints, or ``rank`` ``(before, after)`` pairs, all >= 0, as pairs."""
-    if isinstance(padding, int) and not isinstance(padding, bool):
+    given = padding
+    if is_int(padding):
         padding = (padding,) * rank
     ok = isinstance(padding, tuple | list) and len(padding) == rank
     pairs = []
     for p in padding if ok else ():
-        pair = (p, p) if isinstance(p, int) else p
+        pair = (p, p) if is_int(p) else p
         if not (isinstance(pair, tuple | list) and len(pair) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                        for v in pair)):
+                and all(is_int(v) and v >= 0 for v in pair)):
             ok = False
             break
-        pairs.append(tuple(pair))
+        pairs.append(tuple(int(v) for v in pair))
     if not ok:
         raise ctx.error(f"padding must be a mode string, an int >= 0, {rank} ints or {rank} "
-                        f"(before, after) pairs of ints >= 0, found {padding!r}")
+                        f"(before, after) pairs of ints >= 0, found {given!r}")
     return tuple(pairs)
 
 

@@ -91,5 +91,5 @@ class ConvTranspose(Op):
         if self.bias:
             b = sympy.IndexedBase(ins[2])[start.free[1].var]
             start = type(start)(output=start.output, free=start.free, body=b)
-        return (start, *gather(term, read, forward.variables, forward, out_shape,
+        return (start, *gather(term, read, forward.variables, forward, out_shape, "body",
                                output=out))

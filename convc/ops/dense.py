@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import sympy
 
 from ..ir.comprehension import Comprehension, Reduction
-from . import Op, OpContext, ParamSpec, fmt, index
+from . import Op, OpContext, ParamSpec, fmt, index, positive_int
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -19,9 +19,7 @@ class Dense(Op):
 
     @classmethod
     def from_args(cls, ctx: OpContext, *, units, bias=True) -> Dense:
-        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-            raise ctx.error(f"units must be a positive int, found {units!r}")
-        return cls(units=units, bias=bool(bias))
+        return cls(units=positive_int(units, "units", ctx), bias=bool(bias))
 
     def parameters(self, ctx: OpContext) -> tuple[ParamSpec, ...]:
         self.check_inputs(ctx)

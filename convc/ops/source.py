@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import BATCH, Op, OpContext
+from . import BATCH, Op, OpContext, is_int
 
 DTYPES = ("float", "int64")
 
@@ -31,11 +31,11 @@ class Input(Op):
                 dims.append(BATCH)
             elif d is None:
                 raise ctx.error(f"only the leading (batch) axis may be None, found {shape!r}")
-            elif isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            elif not is_int(d) or d < 1:
                 raise ctx.error(f"sizes must be positive ints (or None for the batch), "
                                 f"found {d!r} at axis {axis} of {shape!r}")
             else:
-                dims.append(d)
+                dims.append(int(d))
         return cls(dims=tuple(dims), dtype=dtype)
 
     def infer(self, ctx: OpContext):
