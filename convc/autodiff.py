@@ -7,23 +7,27 @@ Reverse mode over the comprehensions of a graph. For a forward comprehension
 and one access ``A = T[a(F, R)]`` of an input tensor ``T``, the chain rule gives the
 *scatter*  ``dT[a(F, R)] += dZ[o(F)] · final'(acc) · ∂body/∂A``  for every point (F, R).
 `gather` turns it around into a comprehension over the indices of ``dT``, which is what a
-loop nest can compute without write conflicts, by solving ``a(F, R) = t`` axis by axis:
+loop nest can compute without write conflicts, by solving ``a(F, R) = τ`` axis by axis
+(`_solve_axis`):
 
 * an axis indexed by one variable, or by an affine split of several (``g·C' + c``: groups),
   keeps those variables as free variables of the adjoint;
-* an axis indexed by two variables with coefficients ``s`` and ``d`` (``s·j + d·m - p``:
-  a strided, dilated convolution) is solved by `affine.invert_access`: one comprehension
-  per phase ``(t + p) mod s``, with tight floor/ceil bounds and no modulo left inside;
+* an axis indexed by a variable with coefficient ±1 (a stride-1 output position) has it
+  eliminated, ``j = τ + p - d·m``, and summed over the others;
+* an axis indexed by ``s·j + d·m - p`` is split by phase (`affine.invert_access`): within
+  the phase ``φ`` of ``τ = s·u + φ - p``, ``m = m0 + s'·t`` and ``j = u + c0 - d'·t``;
 * a variable that indexes no axis of ``T`` (the output channel, for the input gradient) is
   summed over.
 
-The kernel gradient g (9.11) needs no solving: every axis of the kernel is indexed by its
-own variable, so the spatial output positions just become the reduced variables. The input
-gradient h (9.12-9.13) is the polyphase gather above.
+An eliminated variable's range becomes a ``where`` constraint of the adjoint, affine in the
+variables left, which lowering turns into floor/ceil loop bounds: no modulo, division or
+test is left inside the loops. The kernel gradient g (9.11) needs no solving (each kernel
+axis has its own variable, so the output positions become reduced variables); the input
+gradient h (9.12-9.13) is the gather above, doing exactly the forward's multiply-adds.
 
-Every gradient tensor is zeroed first and then accumulates each contribution, so a tensor
-read by several accesses, several comprehensions or several nodes (shared weights) gets the
-sum of its gradients.
+Every gradient starts at 0 (or at the gradient given for an output) and accumulates each
+contribution, so a tensor read by several accesses, comprehensions or nodes (shared
+weights) gets the sum of its gradients.
 """
 
 from __future__ import annotations
