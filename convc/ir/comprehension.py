@@ -150,15 +150,22 @@ class Comprehension:
     def text(self, unicode: bool = True) -> str:
         """The comprehension as an equation; ``unicode=False`` keeps to ASCII (for C)."""
         math = _math if unicode else _ascii
-        value = math(self.body)
-        if self.reduction is not Reduction.NONE:
+        value, assign = math(self.body), "="
+        accumulates = self.init == self.output or (
+            self.reduction is Reduction.NONE and isinstance(self.body, sympy.Add)
+            and self.output in self.body.args)
+        if accumulates and self.reduction is Reduction.NONE:
+            value, assign = math(self.body - self.output), "+="
+        elif self.reduction is not Reduction.NONE:
             bound = ", ".join(map(str, self.reduced))
             op = "Σ" if unicode else "sum"
             op = op if self.reduction is Reduction.SUM else self.reduction.value
             if isinstance(self.body, sympy.Add):
                 value = f"({value})"
             value = f"{op}_{{{bound}}} {value}"
-            if self.init is not None:
+            if accumulates:
+                assign = "+="
+            elif self.init is not None:
                 value = (f"{math(self.init)} + {value}" if self.reduction is Reduction.SUM
                          else f"max({math(self.init)}, {value})")
             if self.final is not None:
@@ -167,7 +174,7 @@ class Comprehension:
         if self.where:
             conds = ", ".join(f"{lo} <= {math(e)} < {hi}" for e, lo, hi in self.where)
             domain = f"{domain}; where {conds}" if domain else f"where {conds}"
-        text = f"{math(self.output)} = {value}"
+        text = f"{math(self.output)} {assign} {value}"
         return f"{text}   for {domain}" if domain else text
 
 
