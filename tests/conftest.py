@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 # the suite neither reads nor fills the user's own.
 if "CONVC_TEST_KEEP_CACHE" not in os.environ:
     os.environ["CONVC_CACHE_DIR"] = tempfile.mkdtemp(prefix="convc-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["CONVC_CACHE_DIR"], ignore_errors=True)
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parent.parent
