@@ -298,8 +298,13 @@ def _solve_axis(axis, idx, size, dims, forward_free, comp, access) -> list[AxisS
     * otherwise a variable with coefficient ±1 is eliminated.
     """
     coeffs, const = affine_terms(idx, list(dims))
-    if not coeffs:
-        return [AxisSolution(index=const)]
+    if not coeffs:  # every point reads one cell: inside the tensor, or only padding
+        if is_proven(const >= 0) and is_proven(const < size):
+            return [AxisSolution(index=const)]
+        if is_proven(const < 0) or is_proven(const >= size):
+            return [None]
+        raise DerivationError(f"{comp.tensor}: cannot tell whether {access} is inside "
+                              f"{access.base.label}")
     inside = is_proven_inside(idx, {v: dims[v] for v in coeffs}, size)
     if len(coeffs) == 1 or _is_radix(coeffs, dims):
         order = sorted(coeffs, key=lambda v: -coeffs[v])

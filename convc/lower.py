@@ -28,7 +28,8 @@ def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple]) -> tuple[
     comp = _fold_single_points(comp)
     bounds = {d.var: (d.start, d.stop) for d in comp.variables}
     for constraint in comp.where:
-        _bound(comp, constraint, bounds)
+        if not _bound(comp, constraint, bounds):
+            return ()  # no point satisfies the constraints: nothing to compute
     guards = {}
     for access in comp.accesses():
         if access in comp.inside:
@@ -63,20 +64,23 @@ def lower_node(node: str, inputs: tuple[str, ...], comps, shapes: dict[str, tupl
     return Kernel(node, nests, tuple(reads), writes)
 
 
-def _bound(comp: Comprehension, constraint, bounds) -> None:
-    """Tighten the bounds of the innermost variable of ``low <= expr < high``."""
+def _bound(comp: Comprehension, constraint, bounds) -> bool:
+    """Tighten the bounds of the innermost variable of ``low <= expr < high``; False when
+    the constraint holds nowhere."""
     expr, low, high = constraint
     order = [d.var for d in comp.variables]
     coeffs, _ = affine_terms(expr, order)
     if not coeffs:
         if is_proven(low <= expr) and is_proven(expr < high):
-            return
-        raise DerivationError(f"{comp.tensor}: constraint {low} <= {expr} < {high} "
-                              f"involves no loop variable and may not hold")
+            return True
+        if is_proven(expr < low) or is_proven(expr >= high):
+            return False
+        raise DerivationError(f"{comp.tensor}: cannot tell whether {low} <= {expr} < {high}")
     v = max(coeffs, key=order.index)
     start, stop = solve_inside(coeffs[v], expr - coeffs[v] * v - low, high - low)
     lo, hi = bounds[v]
     bounds[v] = (sympy.Max(lo, start), sympy.Min(hi, stop))
+    return True
 
 
 def _fold_single_points(comp: Comprehension) -> Comprehension:

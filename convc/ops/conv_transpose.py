@@ -48,6 +48,12 @@ class ConvTranspose(Op):
                     zip(ctx.shapes[0][2:], pads, conv.kernel, conv.stride, conv.dilation)]
         if output_size is not None:
             sizes = per_axis(output_size, rank, "output_size", ctx)
+            for axis, (o, m, s, d) in enumerate(zip(sizes, smallest, conv.stride,
+                                                    conv.dilation)):
+                if not m <= o < m + max(s, d):
+                    raise ctx.error(f"output_size {o} along spatial axis {axis} cannot be "
+                                    f"reached: the sizes that map back onto the input are "
+                                    f"{m} to {m + max(s, d) - 1}")
             output_padding = tuple(o - m for o, m in zip(sizes, smallest))
         extra = per_axis(output_padding, rank, "output_padding", ctx, minimum=0)
         for axis, (e, s, d, m) in enumerate(zip(extra, conv.stride, conv.dilation, smallest)):
