@@ -182,11 +182,20 @@ def _backward(graph: Graph, forward: list[Step], wrt: list[str]) -> tuple[list[S
         extra = tuple(saved[c.tensor] for c in step.comps if c.tensor in saved)
         forward[i] = Step(step.node, step.role, step.comps + extra)
     steps = [Step(graph.name, "start", tuple(zeros))]
-    merged: dict[tuple[str, str], list] = {}
-    for comp, target, cs in adjoints:
+    used: set[tuple[str, str]] = set()
+    for comp, target, cs in adjoints:  # in the order they must run
         node = graph.node(owner[comp.tensor])
-        merged.setdefault((node.name, _role(graph, node, target)), []).extend(cs)
-    steps += [Step(node, role, tuple(cs)) for (node, role), cs in merged.items()]
+        role = _role(graph, node, target)
+        last = steps[-1]
+        if last.node == node.name and last.role.split("_")[0] == role:
+            steps[-1] = Step(last.node, last.role, last.comps + tuple(cs))
+            continue
+        unique, i = role, 1
+        while (node.name, unique) in used:  # a role met again after another one
+            i += 1
+            unique = f"{role}_{i}"
+        used.add((node.name, unique))
+        steps.append(Step(node.name, unique, tuple(cs)))
     return steps, names
 
 
