@@ -96,7 +96,24 @@ def check_add(library: build.Library, n: int = 37) -> None:
 
 
 def entries(cache: Path) -> list[str]:
-    return sorted(p.name for p in cache.iterdir())
+    """What a directory holds; in the cache, less the runtime's objects shared by all."""
+    return sorted(p.name for p in cache.iterdir() if not p.name.startswith("runtime-"))
+
+
+def test_runtime_is_compiled_once_per_compiler_and_flags(cache):
+    first = build.build_library(SOURCE, CDEF)
+    build.build_library(SOURCE + "/* another module */\n", CDEF)
+    runtimes = [p for p in cache.iterdir() if p.name.startswith("runtime-")]
+    assert len(runtimes) == 1
+    objects = sorted(p.name for p in runtimes[0].iterdir())
+    assert objects == sorted(["manifest.json", *(f"{c.stem}.o" for c in
+                                                 runtime_dir().glob("*.c"))])
+    # a damaged object is noticed and the runtime compiled again
+    (runtimes[0] / "buffer.o").write_bytes(b"damaged")
+    build._forget_loaded()
+    build.build_library(SOURCE + "/* a third */\n", CDEF)
+    assert (runtimes[0] / "buffer.o").read_bytes() != b"damaged"
+    check_add(first)
 
 
 @pytest.fixture
