@@ -24,12 +24,14 @@ from .module import Module
 from .pipeline import Lowered, lower
 
 
-def compile(graph: Graph, dtype: str = "float32", *, grad=False,
+def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str = "auto",
             sanitize: bool = False) -> Module:
     """Compile ``graph`` to C, build it into a shared library (cached) and load it.
 
     ``dtype`` is ``"float32"`` or ``"float64"``. ``grad=True`` adds the backward pass for
     every parameter (or give a list of parameters and inputs); see `Module`.
+    ``algorithm`` (``"auto"``, ``"gemm"`` or ``"direct"``) says how convolutions, their
+    gradients and dense layers run; see `lower`.
     ``sanitize=True`` builds with AddressSanitizer and UBSan (the host process must
     preload their runtimes).
 
@@ -45,7 +47,7 @@ def compile(graph: Graph, dtype: str = "float32", *, grad=False,
     """
     from .build import build_library
 
-    lowered = lower(graph, dtype, grad=grad)
+    lowered = lower(graph, dtype, grad=grad, algorithm=algorithm)
     cdef = lowered.cdef + "\nconst char *convc_error_message(int code);"
     return Module(lowered, build_library(lowered.source, cdef, sanitize=sanitize))
 

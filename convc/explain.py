@@ -1,8 +1,9 @@
 """The per-node report of `Module.explain`: fixed sections for every computed node.
 
 NODE (name, op, file:line), SHAPES, EQUATIONS (the comprehensions as mathematics), FLOPS
-(per example, nominal: every point of every reduction), LOOPS (the loop nest, with the
-bounds that clipping solved) and C (the function and its lines in the source).
+(per example, nominal: every point of every reduction), ALGORITHM (direct loops, or the
+matrix products a contraction was packed into), LOOPS (the loop nest, with the bounds that
+clipping solved) and C (the function and its lines in the source).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sympy
 from .autodiff import is_proven_inside
 from .ir.affine import affine_terms
 from .ir.comprehension import Comprehension, Reduction
+from .contract import Gemm
 from .loops import format_nest
 from .ops import BATCH, fmt
 from .pipeline import Lowered
@@ -120,12 +122,20 @@ def explain(lowered: Lowered) -> str:
             total = sum((flops(c, shapes) for c in step.comps), sympy.Integer(0))
             out.append(f"FLOPS     {step.role}: {total.subs(BATCH, 1)} per example")
         for step in steps:
+            out.append(f"ALGORITHM {step.role}: {_algorithm(lowered.parts[step])}")
+        for step in steps:
             out.append(f"LOOPS     {step.role}:\n" + _indent(
                 format_nest(lowered.kernels[step].nests), 0, first=True))
         for step in steps:
             out.append(f"C         {lowered.functions[step]}, source lines {lines[step]}")
         sections.append("\n".join(out))
     return "\n\n".join(sections) + "\n"
+
+
+def _algorithm(parts) -> str:
+    """``direct`` loops, or the matrix products the contractions became."""
+    products = [p.describe() for p in parts if isinstance(p, Gemm)]
+    return "; ".join(products) if products else "direct loops"
 
 
 def _shown(name: str) -> str:

@@ -1,7 +1,8 @@
 """Loop-nest layer: the imperative form a comprehension lowers to, before C.
 
 Frozen nodes: `Loop` over ``start <= var < stop``, `Let` (a local scalar), `Update` (fold a
-value into a local with a reduction) and `Store` (write a tensor element). A `Kernel` is the
+value into a local with a reduction), `Store` (write a tensor element) and `Gemm` (a call of
+the runtime's matrix product, see `contract`). A `Kernel` is the
 nest of one graph node, with the origin it carries into the C comment.
 """
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import sympy
 
+from .contract import Gemm
 from .ir.comprehension import Reduction
 
 
@@ -62,7 +64,7 @@ class Loop:
     kind: LoopKind = LoopKind.SERIAL
 
 
-Stmt = Block | Loop | Let | Update | ArgMaxUpdate | Store
+Stmt = Block | Loop | Let | Update | ArgMaxUpdate | Store | Gemm
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,11 @@ class Kernel:
     nests: tuple[Stmt, ...]
     reads: tuple[str, ...]
     writes: tuple[str, ...]
+
+    @property
+    def can_fail(self) -> bool:
+        """Whether it calls the runtime, which can run out of memory."""
+        return any(isinstance(s, Gemm) for s in walk(self.nests))
 
 
 def walk(stmts) -> list[Stmt]:
@@ -98,6 +105,9 @@ def format_nest(stmts, indent: str = "") -> str:
             lines.append(f"{indent}{s.var} = {s.value}")
         elif isinstance(s, ArgMaxUpdate):
             lines.append(f"{indent}if {s.value} > acc: acc, arg = {s.value}, {s.index}")
+        elif isinstance(s, Gemm):
+            lines.append(f"{indent}{s.c.tensor} += {s.a.tensor} @ {s.b.tensor}   "
+                         f"({s.describe()})")
         elif isinstance(s, Update):
             op = "+=" if s.reduction is Reduction.SUM else "max="
             lines.append(f"{indent}{s.var} {op} {s.value}")

@@ -19,18 +19,18 @@ import sympy
 
 from .errors import DerivationError
 from .ir.affine import affine_terms, index_range, is_proven, solve_inside
-from .ir.comprehension import ACC, ARG, Comprehension, Reduction, row_major
+from .ir.comprehension import ACC, ARG, Comprehension, Dim, Reduction, row_major
 from .loops import ArgMaxUpdate, Block, Kernel, Let, Loop, Stmt, Store, Update
 
 
 def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple]) -> tuple[Stmt, ...]:
     """The loop nest of one comprehension; ``shapes`` gives every tensor it reads."""
-    comp = _fold_single_points(comp)
+    comp = _collapse(_fold_single_points(comp), shapes)
     bounds = {d.var: (d.start, d.stop) for d in comp.variables}
     for constraint in comp.where:
         if not _bound(comp, constraint, bounds):
             return ()  # no point satisfies the constraints: nothing to compute
-    guards = {}
+    guards, borders = {}, {}
     for access in comp.accesses():
         if access in comp.inside:
             continue
@@ -48,20 +48,43 @@ def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple]) -> tuple[
         if unsafe:
             inside = sympy.And(*[sympy.And(idx >= 0, idx < size) for idx, size in unsafe])
             guards[access] = sympy.Piecewise((access, inside), (fill, True))
+            borders[access] = (unsafe, fill)
+    if len(borders) == 1 and comp.reduction is Reduction.NONE and not comp.where:
+        (access, (unsafe, fill)), = borders.items()
+        nest = _bordered(comp, bounds, access, unsafe, fill)
+        if nest is not None:
+            return nest
     return _nest(comp, bounds, guards)
 
 
-def lower_node(node: str, inputs: tuple[str, ...], comps, shapes: dict[str, tuple]) -> Kernel:
-    """The kernel of one graph node: its comprehensions lowered in order.
+def lower_node(node: str, inputs: tuple[str, ...], parts, shapes: dict[str, tuple]) -> Kernel:
+    """The kernel of one graph node: its comprehensions (and matrix products) in order.
 
-    It reads the tensors its comprehensions use (the node's ``inputs`` first, in their
-    order) and writes each comprehension's output, once each.
+    It reads the tensors its parts use (the node's ``inputs`` first, in their order) and
+    writes each part's output, once each.
     """
-    nests = tuple(s for c in comps for s in lower_comprehension(c, shapes))
-    writes = tuple(dict.fromkeys(c.tensor for c in comps))
-    used = {t for c in comps for t in c.inputs()} - set(writes)
+    nests = tuple(s for p in parts for s in _lower_part(p, shapes))
+    writes = tuple(dict.fromkeys(_written(p) for p in parts))
+    used = {t for p in parts for t in _read(p)} - set(writes)
     reads = [t for t in dict.fromkeys(inputs) if t in used] + sorted(used - set(inputs))
     return Kernel(node, nests, tuple(reads), writes)
+
+
+def _lower_part(part, shapes) -> tuple[Stmt, ...]:
+    if isinstance(part, Comprehension):
+        return lower_comprehension(part, shapes)
+    nest: tuple[Stmt, ...] = (part,)
+    for d in reversed(part.outer):
+        nest = (Loop(d.var, d.start, d.stop, nest),)
+    return nest
+
+
+def _written(part) -> str:
+    return part.tensor if isinstance(part, Comprehension) else part.c.tensor
+
+
+def _read(part) -> list[str]:
+    return part.inputs() if isinstance(part, Comprehension) else [part.a.tensor, part.b.tensor]
 
 
 def _bound(comp: Comprehension, constraint, bounds) -> bool:
@@ -94,6 +117,48 @@ def _fold_single_points(comp: Comprehension) -> Comprehension:
                    reduced=keep(comp.reduced), body=sub(comp.body), init=sub(comp.init),
                    final=sub(comp.final), inside=frozenset(sub(a) for a in comp.inside),
                    where=tuple((sub(e), lo, hi) for e, lo, hi in comp.where))
+
+
+def _collapse(comp: Comprehension, shapes) -> Comprehension:
+    """One loop for the innermost free variables that every access walks alike.
+
+    When the output and every access end in the same variables over their whole axes (an
+    activation, its gradient, a sum of same-shaped tensors, setting a gradient to 0), those
+    axes are one contiguous run: a single loop over it (``relu0[f] = max(0, conv0[f])`` for
+    ``f < 1024*N``) is what a compiler vectorises best.
+    """
+    if comp.reduction is not Reduction.NONE or comp.where or len(comp.free) < 2:
+        return comp
+    accesses = [comp.output, *comp.accesses()]
+    run = 0
+    for d in reversed(comp.free):
+        def walks(a, d=d, k=run + 1):
+            shape = shapes[str(a.base.label)]
+            return (len(a.indices) >= k and a.indices[-k] == d.var and d.start == 0
+                    and sympy.expand(shape[-k] - d.stop) == 0)
+        if not all(walks(a) for a in accesses):
+            break
+        run += 1
+    if run < 2 or any(a not in comp.inside and _unsafe_axes(comp, a, shapes)
+                      for a in accesses):
+        return comp
+    rest = comp.free[:len(comp.free) - run]
+    fused = comp.free[-1].var
+    extent = sympy.Mul(*[d.stop for d in comp.free[-run:]])
+    gone = {d.var for d in comp.free[-run:]}
+
+    def flat(a):
+        if not isinstance(a, sympy.Indexed):
+            return a
+        return a.base[(*a.indices[:-run], *[0] * (run - 1), fused)]
+
+    values = comp.body.xreplace({a: sympy.Dummy() for a in accesses})
+    if values.free_symbols & gone:
+        return comp  # a collapsed variable is used outside the accesses
+    sub = {a: flat(a) for a in accesses}
+    body = comp.body.xreplace(sub)
+    return replace(comp, output=flat(comp.output), free=(*rest, Dim(fused, 0, extent)),
+                   body=body, inside=frozenset(sub.values()))
 
 
 def _unsafe_axes(comp, access, shapes) -> list[tuple[sympy.Expr, sympy.Expr]]:
@@ -145,6 +210,42 @@ def _clip(comp: Comprehension, axis, bounds) -> bool:
     start, stop = bounds[m]
     bounds[m] = (sympy.Max(start, lo), sympy.Min(stop, hi))
     return True
+
+
+def _bordered(comp: Comprehension, bounds, access, unsafe, fill) -> tuple[Stmt, ...] | None:
+    """A comprehension whose one read can leave its tensor, split so that no point tests.
+
+    Each axis that can leave is solved for its innermost free variable, whose loop then
+    runs in three parts: the border before (storing what the body is with the fill read),
+    the interior (reading), and the border after. This is im2col with zero padding and
+    no branch per element; None when an index has no such variable.
+    """
+    order = [d.var for d in comp.free]
+    split: dict[sympy.Symbol, list] = {}
+    for idx, size in unsafe:
+        coeffs, _ = affine_terms(idx, order)
+        if not coeffs:
+            return None
+        v = max(coeffs, key=order.index)
+        split.setdefault(v, []).append((coeffs[v], idx - coeffs[v] * v, size))
+    border = sympy.simplify(comp.body.xreplace({access: fill}))
+
+    def nest(i: int, value) -> tuple[Stmt, ...]:
+        if i == len(comp.free):
+            return (Store(comp.output, value),)
+        v = comp.free[i].var
+        start, stop = bounds[v]
+        if v not in split or value is border:
+            return (Loop(v, start, stop, nest(i + 1, value)),)
+        lo, hi = start, stop
+        for coeff, rest, size in split[v]:
+            first, last = solve_inside(coeff, rest, size)
+            lo, hi = sympy.Max(lo, first), sympy.Min(hi, last)
+        edge = nest(i + 1, border)
+        return (Loop(v, start, sympy.Min(lo, stop), edge), Loop(v, lo, hi, nest(i + 1, value)),
+                Loop(v, sympy.Max(lo, hi), stop, edge))
+
+    return nest(0, comp.body)
 
 
 def _nest(comp: Comprehension, bounds, guards) -> tuple[Stmt, ...]:

@@ -2,11 +2,14 @@
 
 Every array is checked (name, shape, dtype, and the value range an op asks of an integer
 input) before any C runs; non-contiguous arrays are copied to contiguous ones. The C call
-releases the GIL and keeps no state between calls, so one module may serve several threads.
+releases the GIL; its intermediate tensors live in a workspace kept per thread and reused
+from call to call, so one module may serve several threads.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from .ops import fmt
 from .pipeline import Lowered
 
 NUMPY = {"float32": np.float32, "float64": np.float64}
+ALIGNMENT = 64  # CONVC_ALIGNMENT of the runtime: a cache line, one 512-bit vector
 
 
 class Module:
@@ -36,6 +40,10 @@ class Module:
         self._ffi = library.module.ffi
         self._lib = library.module.lib
         self._entry = getattr(self._lib, lowered.entry)
+        self._workspace_bytes = getattr(self._lib, lowered.entry + "_workspace")
+        self._workspaces = threading.local()  # one per thread: calls share no scratch
+        self._sizes = lowered.sizes  # computed once: sympy is slow on every call
+        self._arguments = lowered.arguments()
         self.dtype = lowered.dtype
         self._ranges = _integer_ranges(lowered)
         # an output's given gradient is the argument grad:<output>, a seed buffer in the C
@@ -96,7 +104,7 @@ class Module:
             raise ValueError(f"scheme must be 'he' or 'glorot', found {scheme!r}")
         rng = np.random.default_rng(seed)
         params = {}
-        for b in self.lowered.arguments():
+        for b in self._arguments:
             if b.role != "param":
                 continue
             shape = tuple(int(d) for d in b.shape)
@@ -116,14 +124,15 @@ class Module:
     def __call__(self, **arrays):
         arrays = {self._seeds.get(k, k): v for k, v in arrays.items()}
         sizes, args = self._check(self._with_default_seeds(arrays))
-        for b in self.lowered.arguments():
+        for b in self._arguments:
             if b.role in ("output", "grad"):
-                shape = tuple(int(sympy.sympify(d).subs(sizes)) for d in b.shape)
+                shape = _evaluate(b.shape, sizes)
                 args[b.name] = np.empty(shape, NUMPY[self.dtype])
         ffi = self._ffi
-        pointers = [sizes[s] for s in self.lowered.sizes]
-        for b in self.lowered.arguments():
+        pointers = [sizes[s] for s in self._sizes]
+        for b in self._arguments:
             pointers.append(ffi.cast(f"{b.ctype} *", args[b.name].ctypes.data))
+        pointers.append(self._workspace([sizes[s] for s in self._sizes]))
         status = self._entry(*pointers)
         if status != 0:
             message = ffi.string(self._lib.convc_error_message(status)).decode()
@@ -134,24 +143,33 @@ class Module:
             return result
         return result, {n: args[buffer] for n, buffer in self.lowered.grads.items()}
 
+    def _workspace(self, sizes: list[int]):
+        """This thread's workspace for the intermediate tensors, grown when too small."""
+        need = self._workspace_bytes(*sizes)
+        have = getattr(self._workspaces, "array", None)
+        if have is None or have.nbytes < need + ALIGNMENT:
+            have = self._workspaces.array = np.empty(need + ALIGNMENT, np.uint8)
+        start = -have.ctypes.data % ALIGNMENT
+        return self._ffi.cast("void *", have.ctypes.data + start)
+
     def _with_default_seeds(self, arrays: dict) -> dict:
         """Output gradients not given: 1 for a 0-d output (a loss), else 0; so by default
         the gradients are those of the sum of the 0-d outputs."""
         sizes = {}
-        for b in self.lowered.arguments():
+        for b in self._arguments:
             if b.role == "input" and b.name in arrays:
                 for want, got in zip(b.shape, np.shape(arrays[b.name])):
                     if isinstance(want, sympy.Symbol):
                         sizes.setdefault(want, got)
-        for b in self.lowered.arguments():
+        for b in self._arguments:
             if b.role == "seed" and b.name not in arrays:
-                shape = tuple(int(sympy.sympify(d).subs(sizes)) for d in b.shape)
+                shape = _evaluate(b.shape, sizes)
                 fill = np.ones if not b.shape else np.zeros
                 arrays = {**arrays, b.name: fill(shape, NUMPY[self.dtype])}
         return arrays
 
     def _check(self, arrays: dict) -> tuple[dict, dict[str, np.ndarray]]:
-        expected = [b for b in self.lowered.arguments() if b.role in ("input", "param", "seed")]
+        expected = [b for b in self._arguments if b.role in ("input", "param", "seed")]
         names = [b.name for b in expected]
         unknown = sorted(set(arrays) - set(names))
         missing = [n for n in names if n not in arrays]
@@ -184,9 +202,23 @@ class Module:
             if b.name in self._ranges and a.size:
                 _check_range(b.name, a, *self._ranges[b.name])
             args[b.name] = np.ascontiguousarray(a)
-        for s in self.lowered.sizes:
+        for s in self._sizes:
             sizes.setdefault(s, 0)
         return sizes, args
+
+
+def _evaluate(shape: tuple, sizes: dict) -> tuple[int, ...]:
+    """A shape with its size symbols (the batch N) replaced by their values."""
+    return tuple(int(d) if isinstance(d, int | sympy.Integer) else _dimension(d)(sizes)
+                 for d in shape)
+
+
+@functools.cache
+def _dimension(d: sympy.Expr):
+    """A symbolic dimension as a function of the sizes, built once (sympy is slow per call)."""
+    symbols = sorted(sympy.sympify(d).free_symbols, key=str)
+    f = sympy.lambdify(symbols, d, "math")
+    return lambda sizes: int(f(*(sizes[s] for s in symbols)))
 
 
 def _as_array(buffer, value, dtype: str) -> np.ndarray:

@@ -23,11 +23,13 @@ from .ir.affine import index_range
 from .ir.comprehension import ACC, ARG, Comprehension, Reduction
 from .loops import Kernel
 from .autodiff import Names, derive
+from .contract import Part, plan
 from .lower import lower_node
 from .ops import fmt
 from .ops.source import Input, Param
 
 DTYPES = {"float32": "float", "float64": "double"}
+ALGORITHMS = ("auto", "gemm", "direct")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Lowered:
     wrt: tuple[str, ...]
     steps: tuple[Step, ...]
     buffers: dict[str, Buffer]
+    parts: dict[Step, tuple[Part, ...]]
     kernels: dict[Step, Kernel]
     functions: dict[Step, str]
     entry: str
@@ -101,12 +104,17 @@ def _stage(name: str, timings: dict[str, float], node: str = ""):
               file=sys.stderr)
 
 
-def lower(graph: Graph, dtype: str = "float32", grad=False) -> Lowered:
+def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "auto"
+          ) -> Lowered:
     """Run every stage up to the generated C.
 
     ``grad`` adds the backward pass: ``True`` for the gradients of every parameter, or a
     list of the parameters and inputs to differentiate. The outputs' gradients are then
     arguments (``grad:<output>``) and the parameters' gradients results.
+
+    ``algorithm`` says how contractions (convolutions, their gradients, dense layers) run:
+    ``"auto"`` packs them into matrix products where that pays and loops directly
+    elsewhere, ``"gemm"`` packs every one it can, ``"direct"`` none.
 
     Examples
     --------
@@ -121,6 +129,9 @@ def lower(graph: Graph, dtype: str = "float32", grad=False) -> Lowered:
                          f"({user_source()})")
     if not isinstance(graph, Graph):
         raise GraphError(f"expected a convc.Graph, found {type(graph).__name__} "
+                         f"({user_source()})")
+    if algorithm not in ALGORITHMS:
+        raise GraphError(f"algorithm must be one of {ALGORITHMS}, found {algorithm!r} "
                          f"({user_source()})")
     timings: dict[str, float] = {}
     nodes = _nodes_to_run(graph)
@@ -137,20 +148,26 @@ def lower(graph: Graph, dtype: str = "float32", grad=False) -> Lowered:
             steps += backward
             grads = {w: names.grad(w) for w in wrt}
             seeds = {o: names.seed(o) for o in graph.outputs}
+    shapes = _shapes(graph, steps)
+    shapes.update({seed: graph.node(out).shape for out, seed in seeds.items()})
+    parts = {}
+    for step in steps:
+        with _stage("schedule", timings, step.node):
+            parts[step] = _schedule(step, shapes, algorithm)
     with _stage("buffers", timings):
-        buffers = _buffers(graph, nodes, steps, grads, seeds, DTYPES[dtype])
-    shapes = {name: b.shape for name, b in buffers.items()}
+        comps = [c for p in parts.values() for c in p if isinstance(c, Comprehension)]
+        buffers = _buffers(graph, nodes, comps, grads, seeds, DTYPES[dtype])
     kernels = {}
     for step in steps:
         with _stage("lower", timings, step.node):
-            kernels[step] = lower_node(step.node, _reads(graph, step), step.comps, shapes)
+            kernels[step] = lower_node(step.node, _reads(graph, step), parts[step], shapes)
     with _stage("emit", timings):
         gname = c_identifier(graph.name)
         functions = {s: _function_name(gname, s, buffers) for s in steps}
         entry = f"convc_{gname}_{'train' if wrt else 'forward'}"
         source, cdef = _emit(graph, steps, kernels, functions, entry, buffers, dtype)
-    return Lowered(graph, dtype, tuple(nodes), tuple(wrt), tuple(steps), buffers, kernels,
-                   functions, entry, source, cdef, grads, seeds, timings)
+    return Lowered(graph, dtype, tuple(nodes), tuple(wrt), tuple(steps), buffers, parts,
+                   kernels, functions, entry, source, cdef, grads, seeds, timings)
 
 
 def _wrt(graph: Graph, nodes, grad) -> list[str]:
@@ -173,9 +190,7 @@ def _backward(graph: Graph, forward: list[Step], wrt: list[str]) -> tuple[list[S
     turn), and the names derivation gave the gradients."""
     owner = {c.tensor: s.node for s in forward for c in s.comps}
     comps = [c for s in forward for c in s.comps]
-    shapes = {n.name: n.shape for n in graph.nodes()}
-    for c in comps:
-        shapes.setdefault(c.tensor, _extent(c))
+    shapes = _shapes(graph, forward)
     names = Names(shapes)
     zeros, saved, adjoints = derive(comps, set(graph.outputs), set(wrt), shapes, names)
     for i, step in enumerate(forward):  # what the backward pass needs the forward to keep
@@ -252,9 +267,25 @@ def _forward_step(graph: Graph, node: Node) -> Step:
     return Step(node.name, "fwd", tuple(comps))
 
 
-def _buffers(graph, nodes, steps, grads, seeds, float_type) -> dict[str, Buffer]:
+def _shapes(graph: Graph, steps) -> dict[str, tuple]:
+    """The shape of every tensor the steps touch."""
+    shapes = {n.name: n.shape for n in graph.nodes()}
+    for c in (c for s in steps for c in s.comps):
+        shapes.setdefault(c.tensor, _extent(c))
+    return shapes
+
+
+def _schedule(step: Step, shapes: dict[str, tuple], algorithm: str) -> tuple[Part, ...]:
+    """How each comprehension of ``step`` runs: as loops, or packed into a matrix product."""
+    parts: list[Part] = []
+    for comp in step.comps:
+        product = None if algorithm == "direct" else plan(comp, shapes, algorithm == "gemm")
+        parts += product or [comp]
+    return tuple(parts)
+
+
+def _buffers(graph, nodes, comps, grads, seeds, float_type) -> dict[str, Buffer]:
     """Every tensor the C touches, with a unique C identifier, in argument order."""
-    comps = [c for s in steps for c in s.comps]
     reserved = {str(d.var) for c in comps for d in c.variables}
     reserved |= {str(ACC), str(ARG), "v", "status", "done"} | {str(s) for n in nodes for s in _symbols(n)}
     table = NameTable(reserved)
@@ -311,7 +342,7 @@ def _emit(graph, steps, kernels, functions, entry, buffers, dtype):
                               buffers, printer), ""]
         sizes = size_symbols(buffers[t] for t in kernel.reads + kernel.writes)
         args = [str(s) for s in sizes] + [buffers[t].cname for t in kernel.reads + kernel.writes]
-        calls.append((functions[step], args))
+        calls.append((functions[step], args, kernel.can_fail))
     header = [f"graph {_quote(graph.name)}: {what}; returns a CONVC_* status code"]
     for b in buffers.values():
         if b.role != "temp":

@@ -25,6 +25,16 @@ const char *convc_error_message(int code);
 void *convc_alloc(size_t bytes);
 void convc_free(void *p);
 
+/* A workspace holds the intermediate tensors one after the other, each aligned. */
+static inline size_t convc_aligned(size_t bytes) {
+    return (bytes + CONVC_ALIGNMENT - 1) / CONVC_ALIGNMENT * CONVC_ALIGNMENT;
+}
+static inline void *convc_take(char **next, size_t bytes) {
+    void *p = *next;
+    *next += convc_aligned(bytes);
+    return p;
+}
+
 /* Integer division rounding toward -infinity and +infinity, for any signs (b != 0).
  * C's `/` truncates toward zero, which is wrong for negative numerators. */
 static inline int64_t convc_floordiv(int64_t a, int64_t b) {

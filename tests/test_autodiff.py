@@ -166,10 +166,11 @@ def conv_graph(sizes, cin, channels, kernel, stride, dilation, padding, groups, 
 
 
 @functools.lru_cache(maxsize=None)
-def conv_net(sizes, cin, channels, kernel, stride, dilation, padding, groups, bias):
+def conv_net(sizes, cin, channels, kernel, stride, dilation, padding, groups, bias,
+             algorithm="auto"):
     g = conv_graph(sizes, cin, channels, kernel, stride, dilation, padding, groups, bias)
     wrt = ["x", "conv0.weight"] + (["conv0.bias"] if bias else [])
-    return convc.compile(g, "float64", grad=wrt)
+    return convc.compile(g, "float64", grad=wrt, algorithm=algorithm)
 
 
 @st.composite
@@ -201,13 +202,16 @@ def conv_cases(draw, bias=False, max_rank=3):
         kernel.append(draw(st.integers(1, min(4, room))))
     return dict(sizes=sizes, cin=cin, channels=channels, kernel=tuple(kernel), stride=stride,
                 dilation=dilation, padding=padding, groups=groups, bias=bias,
-                batch=draw(st.integers(1, 2)), seed=draw(st.integers(0, 2**16)))
+                batch=draw(st.integers(1, 2)), seed=draw(st.integers(0, 2**16)),
+                algorithm=draw(st.sampled_from(["direct", "gemm"])))
 
 
 def case_args(case):
+    """The arguments of `conv_net`; the algorithm (direct loops, or packed matrix products
+    for the convolution, g and h alike) is drawn with the rest."""
     keys = ("sizes", "cin", "channels", "kernel", "stride", "dilation", "padding", "groups",
             "bias")
-    return tuple(case[k] for k in keys)
+    return (*(case[k] for k in keys), case.get("algorithm", "auto"))
 
 
 def conv_arrays(case, rng):
@@ -226,8 +230,14 @@ def conv_arrays(case, rng):
 @given(case=conv_cases())
 @example(case=dict(sizes=(9, 10), cin=2, channels=2, kernel=(3, 3), stride=(2, 2),
                    dilation=(2, 2), padding=3, groups=1, bias=False, batch=2, seed=1))
+@example(case=dict(sizes=(9, 10), cin=2, channels=2, kernel=(3, 3), stride=(2, 2),
+                   dilation=(2, 2), padding=3, groups=1, bias=False, batch=2, seed=1,
+                   algorithm="gemm"))
 @example(case=dict(sizes=(10, 8), cin=3, channels=3, kernel=(5, 2), stride=(3, 3),
                    dilation=(1, 2), padding="same", groups=3, bias=False, batch=1, seed=2))
+@example(case=dict(sizes=(10, 8), cin=3, channels=3, kernel=(5, 2), stride=(3, 3),
+                   dilation=(1, 2), padding="same", groups=3, bias=False, batch=1, seed=2,
+                   algorithm="gemm"))
 @example(case=dict(sizes=(11,), cin=4, channels=4, kernel=(4,), stride=(3,), dilation=(2,),
                    padding=((2, 1),), groups=2, bias=False, batch=2, seed=3))
 @example(case=dict(sizes=(5, 4, 5), cin=2, channels=4, kernel=(2, 3, 2), stride=(2, 3, 1),

@@ -266,14 +266,15 @@ def test_explain(small):
         "dense0": "flatten0 (N, 12), dense0.weight (4, 12), dense0.bias (4,) -> (N, 4)",
         "loss": "dense0 (N, 4), labels (N,) -> ()",
     }
-    functions = re.findall(r"^static void (\w+)\(", small.source, re.MULTILINE)
+    functions = re.findall(r"^static (?:void|int) (\w+)\(", small.source, re.MULTILINE)
     assert len(functions) == 5
     for (name, section), function in zip(sections.items(), functions):
         assert "test_module.py:" in section.splitlines()[0], name
         assert re.search(rf"^SHAPES +{re.escape(shapes[name])}$", section, re.MULTILINE), name
         assert re.search(r"^FLOPS +fwd: \d+ per example$", section, re.MULTILINE), name
-        assert re.search(r"^LOOPS +fwd:\n +for \w+ in \[0, N\):", section, re.MULTILINE), name
+        assert re.search(r"^LOOPS +fwd:\n +for \w+ in \[0, (\d+\*)?N\):", section, re.MULTILINE), name
         assert re.search(rf"^C +{function}, source lines \d+-\d+$", section, re.MULTILINE), name
+        assert re.search(r"^ALGORITHM fwd: (direct loops|gemm .*)$", section, re.MULTILINE), name
         assert name in function
     # a multiply and an add per tap: conv 3·4 outputs × 2·3 taps, dense 4 × 12
     assert "FLOPS     fwd: 144 per example" in sections["conv0"]
@@ -286,7 +287,7 @@ def test_explain_line_ranges_point_at_the_functions(small):
         function, first, last = re.search(r"^C +(\w+), source lines (\d+)-(\d+)$", section,
                                           re.MULTILINE).groups()
         body = "\n".join(lines[int(first) - 1:int(last)])
-        assert f"static void {function}(" in body, name
+        assert re.search(rf"static (void|int) {function}\(", body), name
         assert lines[int(last) - 1] == "}", name
 
 

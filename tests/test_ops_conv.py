@@ -73,7 +73,8 @@ def conv_cases(draw, rank):
     cin = draw(st.sampled_from([1, 2, 3, 4]))
     specs = draw(st.lists(conv_spec(sizes, cin), min_size=1, max_size=2))
     return dict(sizes=sizes, cin=cin, specs=specs, dtype=draw(st.sampled_from(list(DTYPES))),
-                batch=draw(st.integers(1, 3)), seed=draw(st.integers(0, 2**16)))
+                batch=draw(st.integers(1, 3)), seed=draw(st.integers(0, 2**16)),
+                algorithm=draw(st.sampled_from(["direct", "gemm"])))
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -115,7 +116,8 @@ def as_dict(result, names):
 def check_case(case):
     sizes, cin, specs = case["sizes"], case["cin"], case["specs"]
     dtype, rtol = DTYPES[case["dtype"]]
-    net = convc.compile(build_conv_graph(cin, sizes, specs), case["dtype"])
+    net = convc.compile(build_conv_graph(cin, sizes, specs), case["dtype"],
+                        algorithm=case.get("algorithm", "auto"))
     rng = np.random.default_rng(case["seed"])
     params = random_params(net, rng, dtype)
     names = [f"c{i}" for i in range(len(specs))]

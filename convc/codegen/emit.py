@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import sympy
 
 from ..ir.comprehension import Reduction
+from ..contract import Gemm
 from ..loops import ArgMaxUpdate, Block, Kernel, Let, Loop, Store, Update
 from .cprinter import CPrinter
 from .names import c_comment
@@ -57,9 +58,12 @@ def emit_kernel(kernel: Kernel, fname: str, header: list[str], buffers, printer)
     sizes = size_symbols(buffers[t] for t in kernel.reads + kernel.writes)
     comment = "\n".join(f" * {c_comment(line)}".rstrip() for line in header)
     params = parameter_list(sizes, kernel.reads, kernel.writes, buffers)
-    lines = [f"/*{comment[2:]}\n */", f"static void {fname}({params})", "{"]
+    kind = "int" if kernel.can_fail else "void"
+    lines = [f"/*{comment[2:]}\n */", f"static {kind} {fname}({params})", "{"]
     for stmt in kernel.nests:
         lines += emit_stmt(stmt, printer, buffers, INDENT)
+    if kernel.can_fail:
+        lines.append(f"{INDENT}return CONVC_OK;")
     lines.append("}")
     return "\n".join(lines)
 
@@ -93,35 +97,75 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str) -> list[str]:
         return [f"{indent}{stmt.var} = {p(Reduction.MAX.combine(stmt.var, stmt.value))};"]
     if isinstance(stmt, Store):
         return [f"{indent}{p(stmt.target)} = {p(stmt.value)};"]
+    if isinstance(stmt, Gemm):
+        return _emit_gemm(stmt, printer, buffers, indent)
     raise TypeError(f"cannot emit {stmt!r}")
 
 
-def emit_entry(fname: str, header: list[str], calls: list[tuple[str, list[str]]],
-               buffers: dict[str, Buffer], printer: CPrinter) -> tuple[str, str]:
-    """The module's entry point and its prototype for cffi.
+def _emit_gemm(gemm: Gemm, printer: CPrinter, buffers, indent: str) -> list[str]:
+    """``C += A·B`` by the runtime; a failure (no memory to pack into) returns its code."""
+    i = printer.doprint_int
+    suffix = "f32" if printer.float_type == "float" else "f64"
+    batch = i(gemm.batch.extent) if gemm.batch else "1"
+    args = [batch, i(gemm.m), i(gemm.n), i(gemm.k)]
+    for view in (gemm.a, gemm.b, gemm.c):
+        offset = i(view.offset)
+        base = buffers[view.tensor].cname + ("" if offset == "0" else f" + {offset}")
+        args += [base, i(view.batch), i(view.rows), i(view.cols)]
+    call = f"convc_gemm_{suffix}({', '.join(args)})"
+    return [f"{indent}/* {c_comment(gemm.describe())} */",
+            f"{indent}if ({call} != CONVC_OK)", f"{indent}{INDENT}return CONVC_ERR_NOMEM;"]
 
-    ``calls`` lists the node functions in order with their argument names.
+
+def emit_entry(fname: str, header: list[str], calls: list[tuple[str, list[str], bool]],
+               buffers: dict[str, Buffer], printer: CPrinter) -> tuple[str, str]:
+    """The module's entry point, the function sizing its workspace, and their prototypes.
+
+    ``calls`` lists the node functions in order with their argument names, and whether
+    each returns a status to check. The intermediate tensors live in one workspace of
+    ``<fname>_workspace(sizes)`` bytes: the caller's (reused from call to call, so no page
+    is faulted in twice), or one the entry allocates when given NULL.
     """
     temps = [b for b in buffers.values() if b.role == "temp"]
     reads = [b.name for b in buffers.values() if b.role in ("input", "param", "seed")]
     writes = [b.name for b in buffers.values() if b.role in ("output", "grad")]
     sizes = size_symbols(buffers.values())
     params = parameter_list(sizes, reads, writes, buffers, restrict=False)
+    params = (params + ", " if params != "void" else "") + "void *workspace"
+    size_params = ", ".join(f"int64_t {s}" for s in sizes) or "void"
+    nbytes = [f"sizeof({b.ctype}) * (size_t)({printer.doprint_int(b.size)})" for b in temps]
+    total = f"\n{INDENT}     + ".join(f"convc_aligned({n})" for n in nbytes) or "0"
+    unused = [] if temps else [f"{INDENT}(void){s};" for s in sizes]
+    sizer = [f"/* bytes of workspace that {fname} needs */",
+             f"size_t {fname}_workspace({size_params})", "{", *unused,
+             f"{INDENT}return {total};", "}"]
     comment = "\n".join(f" * {c_comment(line)}".rstrip() for line in header)
     lines = [f"/*{comment[2:]}\n */", f"int {fname}({params})", "{"]
-    for b in temps:
-        lines.append(f"{INDENT}{b.ctype} *{b.cname} = convc_alloc(sizeof({b.ctype}) * "
-                     f"(size_t)({printer.doprint_int(b.size)}));")
     if temps:
-        missing = " || ".join(f"!{b.cname}" for b in temps)
-        lines += [f"{INDENT}int status = CONVC_ERR_NOMEM;", f"{INDENT}if ({missing})",
-                  f"{INDENT}{INDENT}goto done;"]
-    for name, args in calls:
-        lines.append(f"{INDENT}{name}({', '.join(args)});")
-    if temps:
-        lines += [f"{INDENT}status = CONVC_OK;", "done:"]
-        lines += [f"{INDENT}convc_free({b.cname});" for b in temps]
-        lines += [f"{INDENT}return status;", "}"]
+        size_args = ", ".join(map(str, sizes))
+        lines += [f"{INDENT}char *scratch = workspace ? workspace : "
+                  f"convc_alloc({fname}_workspace({size_args}));",
+                  f"{INDENT}if (!scratch)", f"{INDENT}{INDENT}return CONVC_ERR_NOMEM;",
+                  f"{INDENT}char *next = scratch;"]
+        lines += [f"{INDENT}{b.ctype} *{b.cname} = convc_take(&next, {n});"
+                  for b, n in zip(temps, nbytes)]
     else:
-        lines += [f"{INDENT}return CONVC_OK;", "}"]
-    return "\n".join(lines), f"int {fname}({params});"
+        lines.append(f"{INDENT}(void)workspace; /* no intermediate tensors */")
+    checked = any(fails for _, _, fails in calls)
+    if checked:
+        lines.append(f"{INDENT}int status = CONVC_OK;")
+    for name, args, fails in calls:
+        call = f"{name}({', '.join(args)})"
+        if fails:
+            lines += [f"{INDENT}if ((status = {call}) != CONVC_OK)",
+                      f"{INDENT}{INDENT}goto done;"]
+        else:
+            lines.append(f"{INDENT}{call};")
+    if checked:
+        lines.append("done:")
+    if temps:
+        lines += [f"{INDENT}if (!workspace)", f"{INDENT}{INDENT}convc_free(scratch);"]
+    lines += [f"{INDENT}return {'status' if checked else 'CONVC_OK'};", "}"]
+    text = "\n".join(sizer) + "\n\n" + "\n".join(lines)
+    cdef = f"int {fname}({params});\nsize_t {fname}_workspace({size_params});"
+    return text, cdef

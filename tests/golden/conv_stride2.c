@@ -29,14 +29,22 @@ static void convc_conv_stride2_conv0_fwd(int64_t N, const float *restrict x, con
     } /* n */
 }
 
+/* bytes of workspace that convc_conv_stride2_forward needs */
+size_t convc_conv_stride2_forward_workspace(int64_t N)
+{
+    (void)N;
+    return 0;
+}
+
 /* graph 'conv_stride2': the forward pass; returns a CONVC_* status code
  *   input 'x' (N, 2, 7, 6) -> x
  *   param 'conv0.weight' (3, 2, 3, 3) -> conv0_weight
  *   param 'conv0.bias' (3,) -> conv0_bias
  *   output 'conv0' (N, 3, 4, 3) -> conv0
  */
-int convc_conv_stride2_forward(int64_t N, const float *x, const float *conv0_weight, const float *conv0_bias, float *conv0)
+int convc_conv_stride2_forward(int64_t N, const float *x, const float *conv0_weight, const float *conv0_bias, float *conv0, void *workspace)
 {
+    (void)workspace; /* no intermediate tensors */
     convc_conv_stride2_conv0_fwd(N, x, conv0_weight, conv0_bias, conv0);
     return CONVC_OK;
 }

@@ -33,15 +33,9 @@ static void convc_lenet_conv0_fwd(int64_t N, const float *restrict x, const floa
  */
 static void convc_lenet_relu0_fwd(int64_t N, const float *restrict conv0, float *restrict relu0)
 {
-    for (int64_t d0 = 0; d0 < N; ++d0) {
-        for (int64_t d1 = 0; d1 < 2; ++d1) {
-            for (int64_t d2 = 0; d2 < 6; ++d2) {
-                for (int64_t d3 = 0; d3 < 6; ++d3) {
-                    relu0[((d0*2 + d1)*6 + d2)*6 + d3] = convc_fmaxf(0, conv0[((d0*2 + d1)*6 + d2)*6 + d3]);
-                }
-            } /* d2 */
-        } /* d1 */
-    } /* d0 */
+    for (int64_t d3 = 0; d3 < 72*N; ++d3) {
+        relu0[d3] = convc_fmaxf(0, conv0[d3]);
+    }
 }
 
 /* node 'pool0' (pool) at test_golden.py:44
@@ -140,6 +134,19 @@ static void convc_lenet_softmax_cross_entropy0_fwd(int64_t N, const float *restr
     }
 }
 
+/* bytes of workspace that convc_lenet_forward needs */
+size_t convc_lenet_forward_workspace(int64_t N)
+{
+    return convc_aligned(sizeof(float) * (size_t)(72*N))
+         + convc_aligned(sizeof(float) * (size_t)(72*N))
+         + convc_aligned(sizeof(float) * (size_t)(18*N))
+         + convc_aligned(sizeof(float) * (size_t)(18*N))
+         + convc_aligned(sizeof(float) * (size_t)(3*N))
+         + convc_aligned(sizeof(float) * (size_t)(N))
+         + convc_aligned(sizeof(float) * (size_t)(N))
+         + convc_aligned(sizeof(float) * (size_t)(N));
+}
+
 /* graph 'lenet': the forward pass; returns a CONVC_* status code
  *   input 'x' (N, 1, 8, 8) -> x
  *   input 'labels' (N,) -> labels
@@ -149,34 +156,27 @@ static void convc_lenet_softmax_cross_entropy0_fwd(int64_t N, const float *restr
  *   param 'dense0.bias' (3,) -> dense0_bias
  *   output 'softmax_cross_entropy0' () -> softmax_cross_entropy0
  */
-int convc_lenet_forward(int64_t N, const float *x, const int64_t *labels, const float *conv0_weight, const float *conv0_bias, const float *dense0_weight, const float *dense0_bias, float *softmax_cross_entropy0)
+int convc_lenet_forward(int64_t N, const float *x, const int64_t *labels, const float *conv0_weight, const float *conv0_bias, const float *dense0_weight, const float *dense0_bias, float *softmax_cross_entropy0, void *workspace)
 {
-    float *conv0 = convc_alloc(sizeof(float) * (size_t)(72*N));
-    float *relu0 = convc_alloc(sizeof(float) * (size_t)(72*N));
-    float *pool0 = convc_alloc(sizeof(float) * (size_t)(18*N));
-    float *flatten0 = convc_alloc(sizeof(float) * (size_t)(18*N));
-    float *dense0 = convc_alloc(sizeof(float) * (size_t)(3*N));
-    float *softmax_cross_entropy0_max = convc_alloc(sizeof(float) * (size_t)(N));
-    float *softmax_cross_entropy0_sum = convc_alloc(sizeof(float) * (size_t)(N));
-    float *softmax_cross_entropy0_picked = convc_alloc(sizeof(float) * (size_t)(N));
-    int status = CONVC_ERR_NOMEM;
-    if (!conv0 || !relu0 || !pool0 || !flatten0 || !dense0 || !softmax_cross_entropy0_max || !softmax_cross_entropy0_sum || !softmax_cross_entropy0_picked)
-        goto done;
+    char *scratch = workspace ? workspace : convc_alloc(convc_lenet_forward_workspace(N));
+    if (!scratch)
+        return CONVC_ERR_NOMEM;
+    char *next = scratch;
+    float *conv0 = convc_take(&next, sizeof(float) * (size_t)(72*N));
+    float *relu0 = convc_take(&next, sizeof(float) * (size_t)(72*N));
+    float *pool0 = convc_take(&next, sizeof(float) * (size_t)(18*N));
+    float *flatten0 = convc_take(&next, sizeof(float) * (size_t)(18*N));
+    float *dense0 = convc_take(&next, sizeof(float) * (size_t)(3*N));
+    float *softmax_cross_entropy0_max = convc_take(&next, sizeof(float) * (size_t)(N));
+    float *softmax_cross_entropy0_sum = convc_take(&next, sizeof(float) * (size_t)(N));
+    float *softmax_cross_entropy0_picked = convc_take(&next, sizeof(float) * (size_t)(N));
     convc_lenet_conv0_fwd(N, x, conv0_weight, conv0_bias, conv0);
     convc_lenet_relu0_fwd(N, conv0, relu0);
     convc_lenet_pool0_fwd(N, relu0, pool0);
     convc_lenet_flatten0_fwd(N, pool0, flatten0);
     convc_lenet_dense0_fwd(N, flatten0, dense0_weight, dense0_bias, dense0);
     convc_lenet_softmax_cross_entropy0_fwd(N, dense0, labels, softmax_cross_entropy0_max, softmax_cross_entropy0_sum, softmax_cross_entropy0_picked, softmax_cross_entropy0);
-    status = CONVC_OK;
-done:
-    convc_free(conv0);
-    convc_free(relu0);
-    convc_free(pool0);
-    convc_free(flatten0);
-    convc_free(dense0);
-    convc_free(softmax_cross_entropy0_max);
-    convc_free(softmax_cross_entropy0_sum);
-    convc_free(softmax_cross_entropy0_picked);
-    return status;
+    if (!workspace)
+        convc_free(scratch);
+    return CONVC_OK;
 }

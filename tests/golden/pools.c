@@ -50,20 +50,26 @@ static void convc_pools_pool1_fwd(int64_t N, const float *restrict pool0, float 
     } /* n */
 }
 
+/* bytes of workspace that convc_pools_forward needs */
+size_t convc_pools_forward_workspace(int64_t N)
+{
+    return convc_aligned(sizeof(float) * (size_t)(40*N));
+}
+
 /* graph 'pools': the forward pass; returns a CONVC_* status code
  *   input 'x' (N, 2, 7, 8) -> x
  *   output 'pool1' (N, 2, 3, 3) -> pool1
  */
-int convc_pools_forward(int64_t N, const float *x, float *pool1)
+int convc_pools_forward(int64_t N, const float *x, float *pool1, void *workspace)
 {
-    float *pool0 = convc_alloc(sizeof(float) * (size_t)(40*N));
-    int status = CONVC_ERR_NOMEM;
-    if (!pool0)
-        goto done;
+    char *scratch = workspace ? workspace : convc_alloc(convc_pools_forward_workspace(N));
+    if (!scratch)
+        return CONVC_ERR_NOMEM;
+    char *next = scratch;
+    float *pool0 = convc_take(&next, sizeof(float) * (size_t)(40*N));
     convc_pools_pool0_fwd(N, x, pool0);
     convc_pools_pool1_fwd(N, pool0, pool1);
-    status = CONVC_OK;
-done:
-    convc_free(pool0);
-    return status;
+    if (!workspace)
+        convc_free(scratch);
+    return CONVC_OK;
 }

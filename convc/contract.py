@@ -1,0 +1,302 @@
+"""Contractions: a sum of products of two tensors, run as packing and one matrix product.
+
+A comprehension ``O[free] = init + Σ_{reduced} A[a]·B[b]`` with affine indices is a batch of
+matrix products once its variables are sorted by where they occur:
+
+* **M** (rows): free variables that only A reads;
+* **N** (columns): free variables that only B reads;
+* **K** (depth): the reduced variables, which both must read;
+* **outer**: the other free variables (a group ``g`` that both read, or an image ``n``
+  whose rows and columns do not collapse to one stride in the output), looped around the
+  product; one of them becomes the product's batch.
+
+Every affine access is a strided view of its tensor: the flat offset is
+``Σ coefficient·variable + constant``. An operand is used in place when its row and column
+variables each collapse to a single stride and it provably stays inside its tensor;
+otherwise it is *packed*: a comprehension copies it, with the fill value (0) where it reads
+outside and where a ``where`` constraint fails, into a matrix of its own. For a convolution
+the packed input is the im2col matrix of the forward pass and of g (9.11), and the packed
+output gradient is the gather form of h (9.13); the kernel is used in place. Nothing here
+knows which op it is.
+
+`plan` returns the comprehensions to run (the initial values, the packs) and the `Gemm`
+that the runtime's ``convc_gemm_*`` computes, or None when the comprehension is not a
+contraction or too small to gain from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+from .ir.affine import affine_terms, index_range, is_proven
+from .ir.comprehension import Comprehension, Dim, Reduction
+
+MIN_EXTENT = {"m": 4, "n": 8, "k": 8}
+"""The least rows, columns and depth per product for which packing pays over direct loops."""
+
+
+@dataclass(frozen=True)
+class View:
+    """Elements ``(b, i, j)`` of a matrix batch at ``tensor[offset + b·batch + i·rows + j·cols]``
+    (flat, row-major); ``offset`` may use the loops around the product."""
+
+    tensor: str
+    offset: sympy.Expr
+    batch: sympy.Expr
+    rows: sympy.Expr
+    cols: sympy.Expr
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """``c[b] += a[b]·b[b]`` for ``b < batch.extent``, inside loops over ``outer``:
+    ``a`` is m×k, ``b`` k×n, ``c`` m×n."""
+
+    outer: tuple[Dim, ...]
+    batch: Dim | None
+    m: sympy.Expr
+    n: sympy.Expr
+    k: sympy.Expr
+    a: View
+    b: View
+    c: View
+
+    @property
+    def tensors(self) -> tuple[str, str, str]:
+        return self.a.tensor, self.b.tensor, self.c.tensor
+
+    def describe(self) -> str:
+        batch = f" x {self.batch.extent} (batch {self.batch.var})" if self.batch else ""
+        loops = "".join(f" for {d}" for d in self.outer)
+        packed = [v.tensor for v in (self.a, self.b) if "~" in v.tensor]
+        how = f"; packed {', '.join(packed)}" if packed else ""
+        return f"gemm {self.m}x{self.n}x{self.k}{batch}{loops}{how}"
+
+
+Part = Comprehension | Gemm
+
+
+def plan(comp: Comprehension, shapes: dict[str, tuple], force: bool = False
+         ) -> tuple[Part, ...] | None:
+    """The parts that compute ``comp`` as a contraction, or None.
+
+    ``shapes`` gives every tensor's shape; the packed matrices are added to it. ``force``
+    takes a contraction of any size (by default one too small to pay stays direct).
+    """
+    operands = _operands(comp)
+    if operands is None:
+        return None
+    least = {key: 1 for key in MIN_EXTENT} if force else MIN_EXTENT
+    best = None
+    for a, b in (operands, operands[::-1]):
+        roles = _roles(comp, a, b, shapes, least)
+        if roles is not None and (best is None or roles.score > best.score):
+            best = roles
+    return None if best is None else best.parts(comp, shapes)
+
+
+def _operands(comp: Comprehension):
+    """``(A, B)`` when the body is a product of two accesses under a plain sum."""
+    if comp.reduction is not Reduction.SUM or comp.final is not None or not comp.reduced:
+        return None
+    if not isinstance(comp.body, sympy.Mul) or len(comp.body.args) != 2:
+        return None
+    if not all(isinstance(f, sympy.Indexed) for f in comp.body.args):
+        return None
+    loop_vars = {d.var for d in comp.variables}
+    for d in comp.variables:  # a rectangular box from 0: strides say everything
+        if d.start != 0 or d.stop.free_symbols & loop_vars:
+            return None
+    for access in comp.body.args:
+        if access not in comp.inside and comp.fill_of(str(access.base.label)) not in (None, 0):
+            return None
+    return comp.body.args
+
+
+def _uses(access: sympy.Indexed, variables) -> set:
+    return {v for v in variables if any(i.has(v) for i in access.indices)}
+
+
+def strides(access: sympy.Indexed, shape, variables) -> tuple[dict, sympy.Expr]:
+    """The flat row-major offset of ``access`` as ``({var: stride}, constant)``."""
+    flat, step = sympy.Integer(0), sympy.Integer(1)
+    for idx, size in reversed(list(zip(access.indices, shape))):
+        flat += idx * step
+        step *= size
+    return affine_terms(flat, variables)
+
+
+def _collapses(group: list, coeffs: dict, extents: dict) -> bool:
+    """Whether ``group`` (outermost first) walks one stride: each stride is the next one's
+    times its extent."""
+    return all(sympy.expand(coeffs.get(u, 0) - coeffs.get(v, 0) * extents[v]) == 0
+               for u, v in zip(group, group[1:])) and all(coeffs.get(v, 0) != 0 for v in group)
+
+
+def _inner_run(group: list, coeffs: dict, extents: dict) -> list:
+    """The longest innermost run of ``group`` that collapses to one stride."""
+    for i in range(len(group)):
+        if _collapses(group[i:], coeffs, extents):
+            return group[i:]
+    return []
+
+
+@dataclass(frozen=True)
+class _Roles:
+    a: sympy.Indexed
+    b: sympy.Indexed
+    m: tuple
+    n: tuple
+    k: tuple
+    outer: tuple
+    score: float
+
+    def parts(self, comp: Comprehension, shapes) -> tuple[Part, ...]:
+        extents = {d.var: d.stop for d in comp.variables}
+        dims = {d.var: d for d in comp.variables}
+        out_coeffs, out_const = strides(comp.output, shapes[comp.tensor], list(extents))
+        pre: list[Comprehension] = []
+        if comp.init != comp.output:
+            pre.append(Comprehension(comp.output, comp.free,
+                                     sympy.Integer(0) if comp.init is None else comp.init,
+                                     fill=comp.fill, inside=comp.inside))
+        batch = _pick_batch(self.outer, self.a, extents)
+        loops = tuple(dims[v] for v in self.outer if v != batch)
+        where = list(comp.where)
+        views = []
+        for name, access, rows, cols in (("a", self.a, self.m, self.k),
+                                         ("b", self.b, self.k, self.n)):
+            view, pack = _view(comp, name, access, rows, cols, self.outer, batch, where,
+                               shapes)
+            pre += pack
+            views.append(view)
+        c = View(comp.tensor, _offset(out_coeffs, out_const, [d.var for d in loops]),
+                 out_coeffs.get(batch, 0) if batch is not None else 0,
+                 _last(out_coeffs, self.m), _last(out_coeffs, self.n))
+        return (*pre, Gemm(loops, dims.get(batch), _size(self.m, extents),
+                           _size(self.n, extents), _size(self.k, extents), *views, c))
+
+
+def _roles(comp: Comprehension, a, b, shapes, least) -> _Roles | None:
+    """Variables sorted into M, N, K and outer with ``a`` as the left factor, or None."""
+    free = [d.var for d in comp.free]
+    reduced = [d.var for d in comp.reduced]
+    extents = {d.var: d.stop for d in comp.variables}
+    in_a, in_b = _uses(a, extents), _uses(b, extents)
+    if any(r not in in_a or r not in in_b for r in reduced):
+        return None
+    out_coeffs, _ = strides(comp.output, shapes[comp.tensor], free)
+    by_stride = sorted(free, key=lambda v: -_magnitude(out_coeffs.get(v, 0)))
+    m = [v for v in by_stride if v in in_a and v not in in_b]
+    n = [v for v in by_stride if v in in_b and v not in in_a]
+    m, n = _inner_run(m, out_coeffs, extents), _inner_run(n, out_coeffs, extents)
+    if not m or not n:
+        return None
+    for e, _, _ in comp.where:  # each constraint must fall to one factor's packing
+        used = e.free_symbols & set(extents)
+        if not (used <= in_a or used <= in_b):
+            return None
+    outer = [v for v in free if v not in m and v not in n]
+    sizes = [_number(_size(g, extents)) for g in (m, n, reduced)]
+    if any(s is not None and s < least[key] for s, key in zip(sizes, "mnk")):
+        return None
+    unit = 1.0 if out_coeffs.get(n[-1]) == 1 else 0.5  # C's rows are contiguous
+    fill = 1.0
+    for s, tile in zip(sizes[:2], (8, 32)):  # the share of a register tile kept busy
+        if s is not None:
+            fill *= s / (-(-s // tile) * tile)
+    return _Roles(a, b, tuple(m), tuple(n), tuple(reduced), tuple(outer), unit * fill)
+
+
+def _view(comp, name, access, rows, cols, outer, batch, where, shapes):
+    """The view of one operand, in place or packed; the packing comprehension if any.
+
+    Takes from ``where`` the constraints that only this operand's variables satisfy."""
+    variables = [d.var for d in comp.variables]
+    extents = {d.var: d.stop for d in comp.variables}
+    tensor = str(access.base.label)
+    mine = _uses(access, variables)
+    own = [w for w in where if w[0].free_symbols & set(variables) <= mine]
+    coeffs, const = strides(access, shapes[tensor], variables)
+    direct = (not own and _inside(comp, access, shapes)
+              and _collapses(list(rows), coeffs, extents)
+              and _collapses(list(cols), coeffs, extents))
+    if direct:
+        loops = [v for v in outer if v != batch]
+        return View(tensor, _offset(coeffs, const, loops), coeffs.get(batch, 0),
+                    _last(coeffs, rows), _last(coeffs, cols)), []
+    for w in own:
+        where.remove(w)
+    # a constraint that only keeps the access inside its tensor is what the fill (0) does
+    bounds = [(i, 0, size) for i, size in zip(access.indices, shapes[tensor])]
+    kept = [w for w in own if not any(_same(w, b) for b in bounds)]
+    fill = comp.fill if len(kept) == len(own) else (*comp.fill, (tensor, sympy.Integer(0)))
+    inside = comp.inside & {access} if len(kept) == len(own) else frozenset()
+    own = kept
+    keep = [v for v in outer if v in mine]
+    dims = [Dim(v, 0, extents[v]) for v in (*keep, *rows, *cols)]
+    label, i = f"{comp.tensor}~{name}", 1
+    while label in shapes:  # another product of the same tensor packed already
+        i += 1
+        label = f"{comp.tensor}~{name}{i}"
+    packed = sympy.IndexedBase(label)[tuple(d.var for d in dims)]
+    body = access
+    if own:
+        holds = sympy.And(*[sympy.And(lo <= e, e < hi) for e, lo, hi in own])
+        body = sympy.Piecewise((access, holds), (0, True))
+    pack = Comprehension(packed, tuple(dims), body, fill=fill, inside=inside,
+                         equation=f"packs {tensor} for {comp.tensor}")
+    shape = [d.stop for d in dims]
+    shapes[str(packed.base.label)] = tuple(shape)
+    pc, _ = strides(packed, shape, variables)
+    loops = [v for v in keep if v != batch]
+    return View(str(packed.base.label), _offset(pc, 0, loops), pc.get(batch, 0),
+                _last(pc, rows), _last(pc, cols)), [pack]
+
+
+def _same(constraint, other) -> bool:
+    return all(sympy.expand(a - b) == 0 for a, b in zip(constraint, other))
+
+
+def _inside(comp, access, shapes) -> bool:
+    if access in comp.inside:
+        return True
+    extents = {d.var: d.stop for d in comp.variables}
+    for idx, size in zip(access.indices, shapes[str(access.base.label)]):
+        lo, hi = index_range(idx, extents)
+        if not (is_proven(lo >= 0) and is_proven(hi <= size - 1)):
+            return False
+    return True
+
+
+def _pick_batch(outer, a, extents):
+    """The outer variable handed to the product as its batch: one the left factor does not
+    read (it is then packed once for the whole batch), else the last."""
+    if not outer:
+        return None
+    shared = [v for v in outer if not a.has(v)]
+    return (shared or list(outer))[-1]
+
+
+def _offset(coeffs: dict, const, loops) -> sympy.Expr:
+    return const + sum((coeffs.get(v, 0) * v for v in loops), sympy.Integer(0))
+
+
+def _last(coeffs: dict, group) -> sympy.Expr:
+    return sympy.sympify(coeffs.get(group[-1], 0))
+
+
+def _size(group, extents) -> sympy.Expr:
+    return sympy.Mul(*[extents[v] for v in group])
+
+
+def _number(e) -> int | None:
+    return int(e) if sympy.sympify(e).is_number else None
+
+
+def _magnitude(e) -> float:
+    """A stride's size for ordering: a symbolic one (it holds the batch size N) is large."""
+    e = sympy.sympify(e)
+    return float(e) if e.is_number else float(e.subs({s: 10**6 for s in e.free_symbols}))

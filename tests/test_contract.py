@@ -1,0 +1,134 @@
+"""Contractions: which comprehensions become packed matrix products, and how they read.
+
+The numbers themselves are checked by the conv, autodiff and training suites, which draw the
+algorithm (``direct`` or ``gemm``) with every case; here: the plan's shape, and that the C
+it becomes has the structure promised (no per-element test in the packing, one loop for
+elementwise ops).
+"""
+
+import re
+
+import numpy as np
+import pytest
+
+import convc
+from convc.contract import Gemm, plan
+
+
+def conv_graph(padding=1, stride=1, channels=32, cin=16, size=8, groups=1):
+    g = convc.Graph("c")
+    x = g.input("x", (None, cin, size, size))
+    g.output(g.conv(x, channels=channels, kernel=3, padding=padding, stride=stride,
+                    groups=groups))
+    return g
+
+
+def gemms(lowered, role="fwd"):
+    step = next(s for s in lowered.steps if s.role == role and s.node != lowered.graph.name)
+    return [p for p in lowered.parts[step] if isinstance(p, Gemm)]
+
+
+def test_convolution_is_the_kernel_times_im2col_per_image():
+    (gemm,) = gemms(convc.lower(conv_graph()))
+    assert (gemm.m, gemm.n, gemm.k) == (32, 64, 144)  # K x (i0, i1) x (c, m0, m1)
+    assert str(gemm.batch.var) == "n" and not gemm.outer
+    assert gemm.a.tensor == "conv0.weight" and gemm.a.batch == 0  # in place, shared
+    assert (gemm.a.rows, gemm.a.cols) == (144, 1)
+    assert gemm.b.tensor == "conv0~b"  # the packed input
+    assert (gemm.c.rows, gemm.c.cols, gemm.c.batch) == (64, 1, 2048)
+
+
+def test_kernel_and_input_gradients_are_products_too():
+    lowered = convc.lower(conv_graph(), grad=["x", "conv0.weight"])
+    (g,) = gemms(lowered, "dweight")
+    assert (g.m, g.n) == (32, 144) and g.batch is None  # 9.11: images and positions reduced
+    (h,) = gemms(lowered, "dinput")
+    assert (h.m, h.n, h.k) == (16, 64, 288)  # 9.13 gathered: (k, m0, m1) reduced
+
+
+def test_dense_layer_needs_no_packing():
+    g = convc.Graph("d")
+    g.output(g.dense(g.input("x", (None, 64)), 32))
+    (gemm,) = gemms(convc.lower(g))
+    assert "~" not in gemm.a.tensor + gemm.b.tensor
+
+
+def test_groups_loop_around_the_product():
+    (gemm,) = gemms(convc.lower(conv_graph(cin=16, channels=32, groups=2)))
+    assert [str(d.var) for d in gemm.outer] == ["g"] and gemm.k == 72
+
+
+@pytest.mark.parametrize("build", [
+    lambda g, x: g.relu(x),
+    lambda g, x: g.max_pool(x, 2),
+    lambda g, x: g.conv(x, channels=16, kernel=3, groups=16),  # depthwise: one row
+])
+def test_what_is_not_a_worthwhile_contraction_stays_direct(build):
+    g = convc.Graph("n")
+    g.output(build(g, g.input("x", (None, 16, 8, 8))))
+    assert gemms(convc.lower(g)) == []
+
+
+def test_small_contractions_stay_direct_unless_forced():
+    g = conv_graph(cin=1, channels=2, size=4)
+    assert gemms(convc.lower(g)) == []
+    assert len(gemms(convc.lower(g, algorithm="gemm"))) == 1
+    assert gemms(convc.lower(conv_graph(), algorithm="direct")) == []
+
+
+def test_plan_leaves_non_products_alone():
+    lowered = convc.lower(conv_graph(), algorithm="direct")
+    shapes = {name: b.shape for name, b in lowered.buffers.items()}
+    relu = convc.Graph("r")
+    relu.output(relu.relu(relu.input("x", (None, 4))))
+    (comp,) = convc.lower(relu).comprehensions["relu0"]
+    assert plan(comp, {"x": (None, 4), "relu0": (None, 4)}) is None
+    (conv,) = lowered.comprehensions["conv0"]
+    assert plan(conv, shapes) is not None
+
+
+def function(source, name):
+    start = source.index(f" {name}(")
+    return source[start:source.index("\n}\n", start)]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_packing_splits_borders_instead_of_testing_each_element(stride):
+    lowered = convc.lower(conv_graph(stride=stride), grad=["x", "conv0.weight"])
+    for role in ("fwd", "dweight", "dinput"):
+        step = next(s for s in lowered.steps if s.node == "conv0" and s.role == role)
+        body = function(lowered.source, lowered.functions[step])
+        assert "?" not in body and "%" not in body, body
+
+
+def test_elementwise_ops_run_as_one_loop():
+    g = convc.Graph("e")
+    g.output(g.relu(g.input("x", (None, 3, 5, 7))))
+    body = function(convc.lower(g).source, "convc_e_relu0_fwd")
+    assert len(re.findall(r"\bfor \(", body)) == 1 and "105*N" in body
+
+
+def test_explain_names_the_algorithm():
+    text = convc.compile(conv_graph(), grad=True).explain()
+    assert "ALGORITHM fwd: gemm 32x64x144 x N (batch n); packed conv0~b" in text
+    assert "ALGORITHM dbias: direct loops" in text
+
+
+def test_unknown_algorithm_is_refused():
+    with pytest.raises(convc.GraphError, match="algorithm must be one of"):
+        convc.lower(conv_graph(), algorithm="fft-please")
+
+
+def test_workspace_is_reused_and_threads_get_their_own():
+    """Two calls on one thread share a workspace; results do not depend on what the last
+    call left there."""
+    net = convc.compile(conv_graph(), grad=True)
+    params = net.init_params(seed=1)
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.standard_normal((2, 3, 16, 8, 8)).astype(np.float32)
+    first = net(x=x1, **params)
+    net(x=x2, **params)
+    again = net(x=x1, **params)
+    np.testing.assert_array_equal(first[0], again[0])
+    for name in first[1]:
+        np.testing.assert_array_equal(first[1][name], again[1][name])
