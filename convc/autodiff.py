@@ -96,7 +96,50 @@ def derive(comps: Sequence[Comprehension], seeds: set[str], wrt: set[str],
                 pre = []
     fills = [_copy(names.seed(t), names.grad(t), shapes[t]) if t in seeds
              else zeros(names.grad(t), shapes[t]) for t in sorted(wrt | needed)]
-    return fills, saved, steps
+    return _first_assigns(fills, steps, shapes, names), saved, steps
+
+
+def _first_assigns(fills, steps, shapes, names) -> list[Comprehension]:
+    """Drop the zeros of a gradient whose first contribution covers all of it, which then
+    assigns instead of adding (in ``steps``, in place): one pass over it, not two."""
+    first: dict[str, tuple[int, int]] = {}
+    for i, (_, _, cs) in enumerate(steps):
+        for j, c in enumerate(cs):
+            first.setdefault(c.tensor, (i, j))
+    kept = []
+    for fill in fills:
+        where = first.get(fill.tensor)
+        if fill.body != 0 or where is None:
+            kept.append(fill)
+            continue
+        i, j = where
+        comp, target, cs = steps[i]
+        assigning = _as_assignment(cs[j], fill)
+        if assigning is None:
+            kept.append(fill)
+            continue
+        steps[i] = (comp, target, [*cs[:j], assigning, *cs[j + 1:]])
+    return kept
+
+
+def _as_assignment(comp: Comprehension, fill: Comprehension) -> Comprehension | None:
+    """``comp`` writing ``=`` instead of ``+=``, when it writes every element of the
+    tensor ``fill`` zeroes once (its free variables walk the whole shape); else None."""
+    reduced = {d.var for d in comp.reduced}  # a constraint on them leaves every point
+    covers = (all(e.free_symbols & reduced for e, _, _ in comp.where)
+              and len(comp.free) == len(fill.free)
+              and tuple(comp.output.indices) == tuple(d.var for d in comp.free)
+              and all(d.start == 0 and sympy.expand(d.stop - f.stop) == 0
+                      for d, f in zip(comp.free, fill.free)))
+    if not covers or comp.body.has(comp.output) and comp.reduction is not Reduction.NONE:
+        return None
+    if comp.reduction is Reduction.SUM and comp.init == comp.output:
+        return replace(comp, init=None)
+    if (comp.reduction is Reduction.NONE and isinstance(comp.body, sympy.Add)
+            and comp.output in comp.body.args):
+        rest = comp.body - comp.output
+        return None if rest.has(comp.output) else replace(comp, body=rest)
+    return None
 
 
 def _check_accumulates(comp: Comprehension) -> None:

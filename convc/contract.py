@@ -26,6 +26,7 @@ contraction or too small to gain from it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import sympy
@@ -78,23 +79,24 @@ class Gemm:
 Part = Comprehension | Gemm
 
 
-def plan(comp: Comprehension, shapes: dict[str, tuple], force: bool = False
-         ) -> tuple[Part, ...] | None:
+def plan(comp: Comprehension, shapes: dict[str, tuple], force: bool = False,
+         packed: dict | None = None) -> tuple[Part, ...] | None:
     """The parts that compute ``comp`` as a contraction, or None.
 
     ``shapes`` gives every tensor's shape; the packed matrices are added to it. ``force``
     takes a contraction of any size (by default one too small to pay stays direct).
+    ``packed`` remembers the packings made so far (across the comprehensions of a
+    module), so that one needed again is read, not made again.
     """
+    packed = {} if packed is None else packed
     operands = _operands(comp)
     if operands is None:
         return None
     least = {key: 1 for key in MIN_EXTENT} if force else MIN_EXTENT
-    best = None
-    for a, b in (operands, operands[::-1]):
-        roles = _roles(comp, a, b, shapes, least)
-        if roles is not None and (best is None or roles.score > best.score):
-            best = roles
-    return None if best is None else best.parts(comp, shapes)
+    variants = [r for a, b in (operands, operands[::-1]) for r in _roles(comp, a, b, shapes, least)]
+    if not variants:
+        return None
+    return min(variants, key=lambda r: r.cost(comp, shapes)).parts(comp, shapes, packed)
 
 
 def _operands(comp: Comprehension):
@@ -145,15 +147,39 @@ def _inner_run(group: list, coeffs: dict, extents: dict) -> list:
 
 @dataclass(frozen=True)
 class _Roles:
+    """One way to see a contraction as products: ``batch`` is an outer variable, or a
+    reduced one taken out of K (the products of its values then add into one C)."""
+
     a: sympy.Indexed
     b: sympy.Indexed
     m: tuple
     n: tuple
     k: tuple
     outer: tuple
-    score: float
+    batch: sympy.Symbol | None
 
-    def parts(self, comp: Comprehension, shapes) -> tuple[Part, ...]:
+    def cost(self, comp: Comprehension, shapes) -> float:
+        """A rough time: a packed element costs about 32 multiply-adds (a pass through
+        memory), and a multiply-add more when its register tile is part empty or K short."""
+        extents = {d.var: _magnitude(d.stop) for d in comp.variables}
+        size = lambda group: math.prod(extents[v] for v in group)  # noqa: E731
+        m, n, k = size(self.m), size(self.n), size(self.k)
+        fill = m / (-(-m // 8) * 8) * n / (-(-n // 32) * 32) * k / (k + 8)
+        out_coeffs, _ = strides(comp.output, shapes[comp.tensor], list(extents))
+        fill *= 1.0 if out_coeffs.get(self.n[-1]) == 1 else 0.5  # C's rows are contiguous
+        macs = m * n * k * size(self.outer) * (extents[self.batch] if self.k_batch else 1)
+        packed = 0.0
+        for access, rows, cols in ((self.a, self.m, self.k), (self.b, self.k, self.n)):
+            if not _direct(comp, access, rows, cols, shapes):
+                used = _uses(access, extents)
+                packed += size([v for v in (*self.outer, *rows, *cols) if v in used])
+        return 32 * packed + macs / fill
+
+    @property
+    def k_batch(self) -> bool:
+        return self.batch is not None and self.batch not in self.outer
+
+    def parts(self, comp: Comprehension, shapes, packed) -> tuple[Part, ...]:
         extents = {d.var: d.stop for d in comp.variables}
         dims = {d.var: d for d in comp.variables}
         out_coeffs, out_const = strides(comp.output, shapes[comp.tensor], list(extents))
@@ -162,14 +188,15 @@ class _Roles:
             pre.append(Comprehension(comp.output, comp.free,
                                      sympy.Integer(0) if comp.init is None else comp.init,
                                      fill=comp.fill, inside=comp.inside))
-        batch = _pick_batch(self.outer, self.a, extents)
+        batch = self.batch
         loops = tuple(dims[v] for v in self.outer if v != batch)
+        shared = (*self.outer, batch) if self.k_batch else self.outer
         where = list(comp.where)
         views = []
         for name, access, rows, cols in (("a", self.a, self.m, self.k),
                                          ("b", self.b, self.k, self.n)):
-            view, pack = _view(comp, name, access, rows, cols, self.outer, batch, where,
-                               shapes)
+            view, pack = _view(comp, name, access, rows, cols, shared, batch, where, shapes,
+                               packed)
             pre += pack
             views.append(view)
         c = View(comp.tensor, _offset(out_coeffs, out_const, [d.var for d in loops]),
@@ -179,38 +206,44 @@ class _Roles:
                            _size(self.n, extents), _size(self.k, extents), *views, c))
 
 
-def _roles(comp: Comprehension, a, b, shapes, least) -> _Roles | None:
-    """Variables sorted into M, N, K and outer with ``a`` as the left factor, or None."""
+def _roles(comp: Comprehension, a, b, shapes, least) -> list[_Roles]:
+    """The ways to sort the variables into M, N, K, outer and batch with ``a`` as the left
+    factor: K all the reduced variables, or all but the outermost of them in ``a``, which
+    becomes the batch."""
     free = [d.var for d in comp.free]
     reduced = [d.var for d in comp.reduced]
     extents = {d.var: d.stop for d in comp.variables}
     in_a, in_b = _uses(a, extents), _uses(b, extents)
     if any(r not in in_a or r not in in_b for r in reduced):
-        return None
+        return []
     out_coeffs, _ = strides(comp.output, shapes[comp.tensor], free)
     by_stride = sorted(free, key=lambda v: -_magnitude(out_coeffs.get(v, 0)))
     m = [v for v in by_stride if v in in_a and v not in in_b]
     n = [v for v in by_stride if v in in_b and v not in in_a]
     m, n = _inner_run(m, out_coeffs, extents), _inner_run(n, out_coeffs, extents)
     if not m or not n:
-        return None
+        return []
     for e, _, _ in comp.where:  # each constraint must fall to one factor's packing
         used = e.free_symbols & set(extents)
         if not (used <= in_a or used <= in_b):
-            return None
-    outer = [v for v in free if v not in m and v not in n]
+            return []
+    outer = tuple(v for v in free if v not in m and v not in n)
     sizes = [_number(_size(g, extents)) for g in (m, n, reduced)]
     if any(s is not None and s < least[key] for s, key in zip(sizes, "mnk")):
-        return None
-    unit = 1.0 if out_coeffs.get(n[-1]) == 1 else 0.5  # C's rows are contiguous
-    fill = 1.0
-    for s, tile in zip(sizes[:2], (8, 32)):  # the share of a register tile kept busy
-        if s is not None:
-            fill *= s / (-(-s // tile) * tile)
-    return _Roles(a, b, tuple(m), tuple(n), tuple(reduced), tuple(outer), unit * fill)
+        return []
+    variants = [_Roles(a, b, tuple(m), tuple(n), tuple(reduced), outer,
+                       _pick_batch(outer, a))]
+    a_coeffs, _ = strides(a, shapes[str(a.base.label)], reduced)
+    if len(reduced) > 1 and not outer:
+        top = max(reduced, key=lambda v: _magnitude(a_coeffs.get(v, 0)))
+        rest = tuple(v for v in reduced if v != top)
+        k = _number(_size(rest, extents))
+        if k is None or k >= least["k"]:
+            variants.append(_Roles(a, b, tuple(m), tuple(n), rest, outer, top))
+    return variants
 
 
-def _view(comp, name, access, rows, cols, outer, batch, where, shapes):
+def _view(comp, name, access, rows, cols, outer, batch, where, shapes, packed):
     """The view of one operand, in place or packed; the packing comprehension if any.
 
     Takes from ``where`` the constraints that only this operand's variables satisfy."""
@@ -220,10 +253,7 @@ def _view(comp, name, access, rows, cols, outer, batch, where, shapes):
     mine = _uses(access, variables)
     own = [w for w in where if w[0].free_symbols & set(variables) <= mine]
     coeffs, const = strides(access, shapes[tensor], variables)
-    direct = (not own and _inside(comp, access, shapes)
-              and _collapses(list(rows), coeffs, extents)
-              and _collapses(list(cols), coeffs, extents))
-    if direct:
+    if not own and _direct(comp, access, rows, cols, shapes):
         loops = [v for v in outer if v != batch]
         return View(tensor, _offset(coeffs, const, loops), coeffs.get(batch, 0),
                     _last(coeffs, rows), _last(coeffs, cols)), []
@@ -236,24 +266,53 @@ def _view(comp, name, access, rows, cols, outer, batch, where, shapes):
     inside = comp.inside & {access} if len(kept) == len(own) else frozenset()
     own = kept
     keep = [v for v in outer if v in mine]
-    dims = [Dim(v, 0, extents[v]) for v in (*keep, *rows, *cols)]
-    label, i = f"{comp.tensor}~{name}", 1
-    while label in shapes:  # another product of the same tensor packed already
-        i += 1
-        label = f"{comp.tensor}~{name}{i}"
-    packed = sympy.IndexedBase(label)[tuple(d.var for d in dims)]
+    # rows or columns innermost: whichever walks the tensor in smaller steps, else the
+    # longer run, so that the packing loop reads and writes along one run
+    def order(group):
+        step = _magnitude(abs(coeffs.get(group[-1], 0))) or math.inf
+        return step, -_magnitude(extents[group[-1]])
+    outer_group, inner = (cols, rows) if order(rows) < order(cols) else (rows, cols)
+    dims = [Dim(v, 0, extents[v]) for v in (*keep, *outer_group, *inner)]
     body = access
     if own:
         holds = sympy.And(*[sympy.And(lo <= e, e < hi) for e, lo, hi in own])
         body = sympy.Piecewise((access, holds), (0, True))
-    pack = Comprehension(packed, tuple(dims), body, fill=fill, inside=inside,
-                         equation=f"packs {tensor} for {comp.tensor}")
+    label, pack = _pack(comp, name, dims, body, fill, inside, shapes, packed)
     shape = [d.stop for d in dims]
-    shapes[str(packed.base.label)] = tuple(shape)
-    pc, _ = strides(packed, shape, variables)
+    pc, _ = strides(sympy.IndexedBase(label)[tuple(d.var for d in dims)], shape, variables)
     loops = [v for v in keep if v != batch]
-    return View(str(packed.base.label), _offset(pc, 0, loops), pc.get(batch, 0),
-                _last(pc, rows), _last(pc, cols)), [pack]
+    return View(label, _offset(pc, 0, loops), pc.get(batch, 0),
+                _last(pc, rows), _last(pc, cols)), pack
+
+
+def _pack(comp, name, dims, body, fill, inside, shapes, packed):
+    """The packed tensor's name, and its comprehension unless an identical packing (same
+    values, same layout: the im2col of the forward pass that g reads again) exists."""
+    canon = {d.var: sympy.Symbol(f"_{i}", integer=True) for i, d in enumerate(dims)}
+    key = (body.xreplace(canon), tuple(d.stop for d in dims), fill,
+           frozenset(a.xreplace(canon) for a in inside))
+    if key in packed:
+        return packed[key], []
+    label, i = f"{comp.tensor}~{name}", 1
+    while label in shapes:  # another product of the same tensor packed already
+        i += 1
+        label = f"{comp.tensor}~{name}{i}"
+    shapes[label] = tuple(d.stop for d in dims)
+    packed[key] = label
+    output = sympy.IndexedBase(label)[tuple(d.var for d in dims)]
+    tensor = str(next(iter(body.atoms(sympy.Indexed))).base.label)
+    return label, [Comprehension(output, tuple(dims), body, fill=fill, inside=inside,
+                                 equation=f"packs {tensor} for {comp.tensor}")]
+
+
+def _direct(comp, access, rows, cols, shapes) -> bool:
+    """Whether an operand can be read in place: inside its tensor, rows and columns each
+    one stride."""
+    variables = [d.var for d in comp.variables]
+    extents = {d.var: d.stop for d in comp.variables}
+    coeffs, _ = strides(access, shapes[str(access.base.label)], variables)
+    return (_inside(comp, access, shapes) and _collapses(list(rows), coeffs, extents)
+            and _collapses(list(cols), coeffs, extents))
 
 
 def _same(constraint, other) -> bool:
@@ -271,7 +330,7 @@ def _inside(comp, access, shapes) -> bool:
     return True
 
 
-def _pick_batch(outer, a, extents):
+def _pick_batch(outer, a):
     """The outer variable handed to the product as its batch: one the left factor does not
     read (it is then packed once for the whole batch), else the last."""
     if not outer:

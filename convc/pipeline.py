@@ -150,10 +150,10 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
             seeds = {o: names.seed(o) for o in graph.outputs}
     shapes = _shapes(graph, steps)
     shapes.update({seed: graph.node(out).shape for out, seed in seeds.items()})
-    parts = {}
+    parts, packed = {}, {}
     for step in steps:
         with _stage("schedule", timings, step.node):
-            parts[step] = _schedule(step, shapes, algorithm)
+            parts[step] = _schedule(step, shapes, algorithm, packed)
     with _stage("buffers", timings):
         comps = [c for p in parts.values() for c in p if isinstance(c, Comprehension)]
         buffers = _buffers(graph, nodes, comps, grads, seeds, DTYPES[dtype])
@@ -275,11 +275,14 @@ def _shapes(graph: Graph, steps) -> dict[str, tuple]:
     return shapes
 
 
-def _schedule(step: Step, shapes: dict[str, tuple], algorithm: str) -> tuple[Part, ...]:
-    """How each comprehension of ``step`` runs: as loops, or packed into a matrix product."""
+def _schedule(step: Step, shapes: dict[str, tuple], algorithm: str, packed: dict
+              ) -> tuple[Part, ...]:
+    """How each comprehension of ``step`` runs: as loops, or packed into a matrix product
+    (reading the packings of earlier steps where they are the same)."""
     parts: list[Part] = []
     for comp in step.comps:
-        product = None if algorithm == "direct" else plan(comp, shapes, algorithm == "gemm")
+        product = (None if algorithm == "direct"
+                   else plan(comp, shapes, algorithm == "gemm", packed))
         parts += product or [comp]
     return tuple(parts)
 

@@ -41,7 +41,14 @@ def test_convolution_is_the_kernel_times_im2col_per_image():
 def test_kernel_and_input_gradients_are_products_too():
     lowered = convc.lower(conv_graph(), grad=["x", "conv0.weight"])
     (g,) = gemms(lowered, "dweight")
-    assert (g.m, g.n) == (32, 144) and g.batch is None  # 9.11: images and positions reduced
+    # 9.11 per image, the images summed into one C: the output gradient read in place,
+    # the input's im2col the forward pass made read again (transposed), nothing packed
+    assert (g.m, g.n, g.k) == (32, 144, 64) and str(g.batch.var) == "n" and g.c.batch == 0
+    assert g.a.tensor == "grad:conv0" and g.b.tensor == "conv0~b"
+    assert (g.b.rows, g.b.cols) == (1, 64)
+    fwd_step, g_step = (s for s in lowered.steps if s.node == "conv0" and s.role in
+                        ("fwd", "dweight"))
+    assert not any("~" in c.tensor for c in lowered.parts[g_step] if hasattr(c, "free"))
     (h,) = gemms(lowered, "dinput")
     assert (h.m, h.n, h.k) == (16, 64, 288)  # 9.13 gathered: (k, m0, m1) reduced
 
