@@ -25,13 +25,14 @@ from .pipeline import Lowered, lower
 
 
 def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str = "auto",
-            sanitize: bool = False) -> Module:
+            num_threads: int | None = None, sanitize: bool = False) -> Module:
     """Compile ``graph`` to C, build it into a shared library (cached) and load it.
 
     ``dtype`` is ``"float32"`` or ``"float64"``. ``grad=True`` adds the backward pass for
     every parameter (or give a list of parameters and inputs); see `Module`.
     ``algorithm`` (``"auto"``, ``"gemm"`` or ``"direct"``) says how convolutions, their
-    gradients and dense layers run; see `lower`.
+    gradients and dense layers run; ``num_threads`` how many threads it may use (default:
+    every core); see `lower`.
     ``sanitize=True`` builds with AddressSanitizer and UBSan (the host process must
     preload their runtimes).
 
@@ -47,7 +48,7 @@ def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str 
     """
     from .build import build_library
 
-    lowered = lower(graph, dtype, grad=grad, algorithm=algorithm)
+    lowered = lower(graph, dtype, grad=grad, algorithm=algorithm, num_threads=num_threads)
     cdef = lowered.cdef + "\nconst char *convc_error_message(int code);"
     return Module(lowered, build_library(lowered.source, cdef, sanitize=sanitize))
 

@@ -85,13 +85,16 @@ def derive(comps: Sequence[Comprehension], seeds: set[str], wrt: set[str],
             continue
         upstream, pre = _upstream(comp, names)
         if comp.reduction is Reduction.MAX:
-            saved[comp.tensor] = _argmax(comp, names)
-            upstream *= sympy.KroneckerDelta(row_major(comp.reduced), saved[comp.tensor].output)
+            argmax = _argmax(comp, names)
+            saved[comp.tensor] = [argmax]
+            upstream *= sympy.KroneckerDelta(row_major(comp.reduced), argmax.output)
         for target in comp.inputs():
             if target == comp.tensor:
                 _check_accumulates(comp)  # Z += f: Z's gradient passes through unchanged
             elif target in wrt or target in needed:
-                cs = adjoint(comp, target, upstream, shapes, names)
+                cs, masks = _masked(comp, adjoint(comp, target, upstream, shapes, names),
+                                    shapes, names)
+                saved.setdefault(comp.tensor, []).extend(masks)
                 steps.append((comp, target, pre + cs))
                 pre = []
     fills = [_copy(names.seed(t), names.grad(t), shapes[t]) if t in seeds
@@ -140,6 +143,84 @@ def _as_assignment(comp: Comprehension, fill: Comprehension) -> Comprehension | 
         rest = comp.body - comp.output
         return None if rest.has(comp.output) else replace(comp, body=rest)
     return None
+
+
+def _masked(comp: Comprehension, cs: list[Comprehension], shapes, names
+            ) -> tuple[list[Comprehension], list[Comprehension]]:
+    """Adjoints that read an input of ``comp`` only to test it (a ReLU's ``x > 0``) read a
+    mask instead: the outcome of the test, one byte per element, which the forward pass
+    computes beside ``comp``. The backward pass then keeps the mask, not a copy of ``x``."""
+    masks = []
+    for tensor in sorted(set(comp.inputs()) - {comp.tensor}):
+        if any(c.fill_of(tensor) is not None for c in cs):
+            continue  # a test of the padding would need a fill of its own
+        tests = [r for c in cs for r in _tests_of(c, tensor)]
+        reads = {a for c in cs for a in c.accesses() if str(a.base.label) == tensor}
+        if not tests or reads - {a for r in tests for a in r.atoms(sympy.Indexed)}:
+            continue  # untested, or read for its value too: the tensor itself is kept
+        kinds = {_canonical(r) for r in tests}
+        if len(kinds) != 1:
+            continue
+        (kind,) = kinds
+        mask = zeros(names(f"{comp.tensor}.mask"), shapes[tensor])
+        value = sympy.IndexedBase(tensor)[mask.output.indices]
+        masks.append(replace(mask, body=sympy.Piecewise((1, kind(value)), (0, True)),
+                             inside=frozenset({value}), dtype="uint8"))
+        base = mask.output.base
+        cs = [_retest(c, tensor, base) for c in cs]
+    return cs, masks
+
+
+def _tests_of(comp: Comprehension, tensor: str) -> list:
+    """The relations ``T[i] <op> constant`` on ``tensor`` in ``comp``'s conditions."""
+    found = []
+    for e in (comp.body, comp.init, comp.final):
+        for pw in (e.atoms(sympy.Piecewise) if e is not None else ()):
+            for _, cond in pw.args:
+                for r in cond.atoms(sympy.core.relational.Relational):
+                    accesses = r.atoms(sympy.Indexed)
+                    if ({str(a.base.label) for a in accesses} == {tensor} and len(accesses) == 1
+                            and r.free_symbols <= next(iter(accesses)).free_symbols):
+                        found.append(r)
+    return found
+
+
+def _canonical(relation):
+    """``T[i] > 0`` as the function ``v -> v > 0``."""
+    (access,) = relation.atoms(sympy.Indexed)
+    v = sympy.Dummy("v")
+    test = relation.xreplace({access: v})
+    return sympy.Lambda(v, test)
+
+
+def _retest(comp: Comprehension, tensor: str, mask) -> Comprehension:
+    """``comp`` with each test of ``tensor`` read from ``mask``; ``Piecewise((1, test), (0,
+    True))``, a ReLU's derivative, becomes the mask itself."""
+    def flag(relation):
+        (access,) = relation.atoms(sympy.Indexed)
+        return mask[access.indices]
+
+    def sub(e):
+        if e is None:
+            return None
+        swaps = {}
+        for pw in e.atoms(sympy.Piecewise):
+            tests = _tests_in(pw, tensor)
+            if len(tests) == 1 and pw.args == ((1, tests[0]), (0, True)):
+                swaps[pw] = flag(tests[0])
+            elif tests:
+                swaps[pw] = pw.xreplace({r: sympy.Ne(flag(r), 0) for r in tests})
+        return e.xreplace(swaps)
+
+    body = sub(comp.body)
+    flags = {a for a in body.atoms(sympy.Indexed) if a.base == mask}
+    return replace(comp, body=body, init=sub(comp.init), final=sub(comp.final),
+                   inside=comp.inside | flags)
+
+
+def _tests_in(expr, tensor: str) -> list:
+    return [r for r in expr.atoms(sympy.core.relational.Relational)
+            if {str(a.base.label) for a in r.atoms(sympy.Indexed)} == {tensor}]
 
 
 def _check_accumulates(comp: Comprehension) -> None:

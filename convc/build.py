@@ -315,7 +315,13 @@ def target_flags(cc: tuple[str, ...]) -> tuple[str, ...]:
     compiler takes it: a copy of a few elements stays an inline loop instead of becoming a
     call to memcpy (the rows of a packed 8x8 image are 8 floats)."""
     inline = ("-fno-tree-loop-distribute-patterns",)
-    return _TARGETS[target()] + (inline if _accepts(cc, inline) else ())
+    return _TARGETS[target()] + (inline if _accepts(cc, inline) else ()) + openmp_flags(cc)
+
+
+def openmp_flags(cc: tuple[str, ...]) -> tuple[str, ...]:
+    """``-fopenmp`` where the compiler has OpenMP, else what silences its pragmas: then
+    every module runs on one thread."""
+    return ("-fopenmp",) if _accepts(cc, ("-fopenmp",)) else ("-Wno-unknown-pragmas",)
 
 
 @functools.cache

@@ -82,7 +82,7 @@ def _count_box(dims, where, limit) -> int:
 
 def saved_tensors(lowered: Lowered) -> dict[str, sympy.Expr]:
     """Forward tensors that the backward pass reads, with their bytes per example."""
-    forward = {c.tensor for s in lowered.steps if s.role == "fwd" for c in s.comps}
+    forward = {t for s in lowered.steps if s.role == "fwd" for t in lowered.kernels[s].writes}
     read = set()
     for step in lowered.steps:
         if step.role not in ("fwd", "start"):
@@ -90,13 +90,14 @@ def saved_tensors(lowered: Lowered) -> dict[str, sympy.Expr]:
     kept = {}
     for name in sorted(read & forward):
         b = lowered.buffers[name]
-        width = 8 if b.ctype in ("double", "int64_t") else 4
+        width = {"double": 8, "int64_t": 8, "uint8_t": 1}.get(b.ctype, 4)
         kept[name] = (b.size * width).subs(BATCH, 1)
     return kept
 
 
 def explain(lowered: Lowered) -> str:
-    sections = [f"graph {lowered.graph.name!r}, {lowered.dtype}, "
+    threads = f"{lowered.threads} thread{'s' if lowered.threads > 1 else ''}"
+    sections = [f"graph {lowered.graph.name!r}, {lowered.dtype}, {threads}, "
                 f"entry point {lowered.entry}"]
     if lowered.wrt:
         kept = saved_tensors(lowered)

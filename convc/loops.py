@@ -18,7 +18,11 @@ from .ir.comprehension import Reduction
 
 
 class LoopKind(str, enum.Enum):
+    """``parallel``: its iterations write disjoint elements and may run on several threads
+    (the outermost free variable of a comprehension)."""
+
     SERIAL = "serial"
+    PARALLEL = "parallel"
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,8 @@ def format_nest(stmts, indent: str = "") -> str:
     lines = []
     for s in stmts:
         if isinstance(s, Loop):
-            lines.append(f"{indent}for {s.var} in [{s.start}, {s.stop}):")
+            tag = "  (parallel)" if s.kind is LoopKind.PARALLEL else ""
+            lines.append(f"{indent}for {s.var} in [{s.start}, {s.stop}):{tag}")
             lines.append(format_nest(s.body, indent + "  "))
         elif isinstance(s, Block):
             lines.append(format_nest(s.body, indent))

@@ -20,12 +20,39 @@ import sympy
 from .errors import DerivationError
 from .ir.affine import affine_terms, index_range, is_proven, solve_inside
 from .ir.comprehension import ACC, ARG, Comprehension, Dim, Reduction, row_major
-from .loops import ArgMaxUpdate, Block, Kernel, Let, Loop, Stmt, Store, Update
+from .loops import ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Stmt, Store, Update
+from .ops import BATCH
+
+
+PARALLEL_WORK = 32768
+"""The points (at a batch of 64) a comprehension needs for its loops to be shared by threads."""
 
 
 def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple]) -> tuple[Stmt, ...]:
-    """The loop nest of one comprehension; ``shapes`` gives every tensor it reads."""
+    """The loop nest of one comprehension; ``shapes`` gives every tensor it reads.
+
+    The outermost loops run in parallel when the comprehension is large enough: each point
+    of its free variables is written by one iteration only, so they never race.
+    """
     comp = _collapse(_fold_single_points(comp), shapes)
+    nest = _serial_nest(comp, shapes)
+    if not comp.free or _work(comp) < PARALLEL_WORK:
+        return nest
+    return tuple(replace(s, kind=LoopKind.PARALLEL) if isinstance(s, Loop) else s
+                 for s in nest)
+
+
+def _work(comp: Comprehension) -> float:
+    """The points of the comprehension's box, at a batch of 64 (a bound that depends on
+    another variable counts as 8)."""
+    work = 1.0
+    for d in comp.variables:
+        extent = sympy.sympify(d.extent).subs(BATCH, 64)
+        work *= float(extent) if extent.is_number else 8.0
+    return work
+
+
+def _serial_nest(comp: Comprehension, shapes) -> tuple[Stmt, ...]:
     bounds = {d.var: (d.start, d.stop) for d in comp.variables}
     for constraint in comp.where:
         if not _bound(comp, constraint, bounds):

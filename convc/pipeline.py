@@ -66,6 +66,7 @@ class Lowered:
     grads: dict[str, str] = field(default_factory=dict)
     seeds: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    threads: int = 1
 
     @property
     def sizes(self) -> list:
@@ -104,8 +105,8 @@ def _stage(name: str, timings: dict[str, float], node: str = ""):
               file=sys.stderr)
 
 
-def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "auto"
-          ) -> Lowered:
+def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "auto",
+          num_threads: int | None = None) -> Lowered:
     """Run every stage up to the generated C.
 
     ``grad`` adds the backward pass: ``True`` for the gradients of every parameter, or a
@@ -115,6 +116,10 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
     ``algorithm`` says how contractions (convolutions, their gradients, dense layers) run:
     ``"auto"`` packs them into matrix products where that pays and loops directly
     elsewhere, ``"gemm"`` packs every one it can, ``"direct"`` none.
+
+    ``num_threads`` (default: the cores this process may use) shares the large loops and
+    the matrix products' batches among threads; results do not depend on it beyond the
+    order of a few sums (a kernel gradient's per-thread partial sums).
 
     Examples
     --------
@@ -130,6 +135,7 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
     if not isinstance(graph, Graph):
         raise GraphError(f"expected a convc.Graph, found {type(graph).__name__} "
                          f"({user_source()})")
+    threads = _threads(num_threads)
     if algorithm not in ALGORITHMS:
         raise GraphError(f"algorithm must be one of {ALGORITHMS}, found {algorithm!r} "
                          f"({user_source()})")
@@ -165,9 +171,20 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
         gname = c_identifier(graph.name)
         functions = {s: _function_name(gname, s, buffers) for s in steps}
         entry = f"convc_{gname}_{'train' if wrt else 'forward'}"
-        source, cdef = _emit(graph, steps, kernels, functions, entry, buffers, dtype)
+        source, cdef = _emit(graph, steps, kernels, functions, entry, buffers, dtype, threads)
     return Lowered(graph, dtype, tuple(nodes), tuple(wrt), tuple(steps), buffers, parts,
-                   kernels, functions, entry, source, cdef, grads, seeds, timings)
+                   kernels, functions, entry, source, cdef, grads, seeds, timings, threads)
+
+
+def _threads(num_threads) -> int:
+    """The threads a module uses: as asked, or every core this process may run on."""
+    if num_threads is None:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise GraphError(f"num_threads must be a positive int, found {num_threads!r} "
+                         f"({user_source()})")
+    return num_threads
 
 
 def _wrt(graph: Graph, nodes, grad) -> list[str]:
@@ -194,7 +211,7 @@ def _backward(graph: Graph, forward: list[Step], wrt: list[str]) -> tuple[list[S
     names = Names(shapes)
     zeros, saved, adjoints = derive(comps, set(graph.outputs), set(wrt), shapes, names)
     for i, step in enumerate(forward):  # what the backward pass needs the forward to keep
-        extra = tuple(saved[c.tensor] for c in step.comps if c.tensor in saved)
+        extra = tuple(m for c in step.comps for m in saved.get(c.tensor, ()))
         forward[i] = Step(step.node, step.role, step.comps + extra)
     steps = [Step(graph.name, "start", tuple(zeros))]
     used: set[tuple[str, str]] = set()
@@ -292,7 +309,7 @@ def _buffers(graph, nodes, comps, grads, seeds, float_type) -> dict[str, Buffer]
     reserved = {str(d.var) for c in comps for d in c.variables}
     reserved |= {str(ACC), str(ARG), "v", "status", "done"} | {str(s) for n in nodes for s in _symbols(n)}
     table = NameTable(reserved)
-    ctype = {"float": float_type, "int64": "int64_t"}
+    ctype = {"float": float_type, "int64": "int64_t", "uint8": "uint8_t"}
     nodes_by_name = {n.name: n for n in nodes}
     out: dict[str, Buffer] = {}
 
@@ -315,7 +332,7 @@ def _buffers(graph, nodes, comps, grads, seeds, float_type) -> dict[str, Buffer]
             node = nodes_by_name[c.tensor]
             add(c.tensor, node.shape, node.dtype, "temp")
         else:
-            dtype = "int64" if c.reduction is Reduction.ARGMAX else "float"
+            dtype = c.dtype or ("int64" if c.reduction is Reduction.ARGMAX else "float")
             add(c.tensor, _extent(c), dtype, "temp")
     order = ("input", "param", "seed", "output", "grad", "temp")
     return dict(sorted(out.items(), key=lambda kv: order.index(kv[1].role)))
@@ -332,7 +349,7 @@ def _extent(comp: Comprehension) -> tuple:
     return tuple(index_range(i, extents)[1] + 1 for i in comp.output.indices)
 
 
-def _emit(graph, steps, kernels, functions, entry, buffers, dtype):
+def _emit(graph, steps, kernels, functions, entry, buffers, dtype, threads):
     printer = CPrinter(dtype, {n: (b.cname, b.shape) for n, b in buffers.items()})
     what = "the forward and backward passes" if "grad" in _roles(buffers) else "the forward pass"
     parts = [f"/* {c_comment(f'Generated by convc from graph {graph.name!r}: {what}.')} */",
@@ -342,7 +359,7 @@ def _emit(graph, steps, kernels, functions, entry, buffers, dtype):
     for step in steps:
         kernel = kernels[step]
         parts += [emit_kernel(kernel, functions[step], _header(graph, step, buffers),
-                              buffers, printer), ""]
+                              buffers, printer, threads), ""]
         sizes = size_symbols(buffers[t] for t in kernel.reads + kernel.writes)
         args = [str(s) for s in sizes] + [buffers[t].cname for t in kernel.reads + kernel.writes]
         calls.append((functions[step], args, kernel.can_fail))

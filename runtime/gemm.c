@@ -155,19 +155,69 @@ static inline void convc_gemm_prefetch_next(struct convc_gemm_ahead *ahead, int6
 #define CONVC_GEMM_DISPATCH(type, args) return gemm_##type##_base args
 #endif
 
-int convc_gemm_f32(int64_t batch, int64_t M, int64_t N, int64_t K,
-                   const float *A, int64_t sa, int64_t rsa, int64_t csa,
-                   const float *B, int64_t sb, int64_t rsb, int64_t csb,
-                   float *C, int64_t sc, int64_t rsc, int64_t csc) {
+static int gemm_serial_f32(int64_t batch, int64_t M, int64_t N, int64_t K,
+                           const float *A, int64_t sa, int64_t rsa, int64_t csa,
+                           const float *B, int64_t sb, int64_t rsb, int64_t csb,
+                           float *C, int64_t sc, int64_t rsc, int64_t csc) {
     CONVC_GEMM_DISPATCH(f32, (batch, M, N, K, A, sa, rsa, csa, B, sb, rsb, csb, C, sc, rsc, csc));
 }
 
-int convc_gemm_f64(int64_t batch, int64_t M, int64_t N, int64_t K,
-                   const double *A, int64_t sa, int64_t rsa, int64_t csa,
-                   const double *B, int64_t sb, int64_t rsb, int64_t csb,
-                   double *C, int64_t sc, int64_t rsc, int64_t csc) {
+static int gemm_serial_f64(int64_t batch, int64_t M, int64_t N, int64_t K,
+                           const double *A, int64_t sa, int64_t rsa, int64_t csa,
+                           const double *B, int64_t sb, int64_t rsb, int64_t csb,
+                           double *C, int64_t sc, int64_t rsc, int64_t csc) {
     CONVC_GEMM_DISPATCH(f64, (batch, M, N, K, A, sa, rsa, csa, B, sb, rsb, csb, C, sc, rsc, csc));
 }
+
+/* The batch split over `threads` OpenMP threads, each taking a contiguous share. When C is
+ * shared by the batch (sc == 0: the products add up, as the kernel gradient sums over
+ * images), every thread but the first adds into a zeroed copy of its own, and the copies
+ * are added to C in thread order at the end: no atomics, and for a given thread count the
+ * same sums in the same order on every run. */
+#define CONVC_GEMM_THREADED(T, TNAME)                                                        \
+    int convc_gemm_##TNAME(int threads, int64_t batch, int64_t M, int64_t N, int64_t K,     \
+                           const T *A, int64_t sa, int64_t rsa, int64_t csa, const T *B,    \
+                           int64_t sb, int64_t rsb, int64_t csb, T *C, int64_t sc,          \
+                           int64_t rsc, int64_t csc) {                                       \
+        int64_t teams = convc_min(threads, batch);                                           \
+        if (!CONVC_GEMM_OPENMP || teams <= 1 || M <= 0 || N <= 0 || K <= 0)                  \
+            return gemm_serial_##TNAME(batch, M, N, K, A, sa, rsa, csa, B, sb, rsb, csb, C, \
+                                       sc, rsc, csc);                                        \
+        T *partial = NULL;                                                                   \
+        if (sc == 0) {                                                                       \
+            partial = convc_alloc(sizeof(T) * (size_t)((teams - 1) * M * N));                \
+            if (!partial) return CONVC_ERR_NOMEM;                                            \
+            memset(partial, 0, sizeof(T) * (size_t)((teams - 1) * M * N));                   \
+        }                                                                                    \
+        int status = CONVC_OK;                                                               \
+        CONVC_GEMM_PARALLEL_FOR(teams)                                                       \
+        for (int64_t t = 0; t < teams; t++) {                                                \
+            int64_t first = batch * t / teams, last = batch * (t + 1) / teams;               \
+            T *Ct = partial && t > 0 ? partial + (t - 1) * M * N : C + first * sc;           \
+            int64_t r = partial && t > 0 ? N : rsc, c = partial && t > 0 ? 1 : csc;          \
+            int code = gemm_serial_##TNAME(last - first, M, N, K, A + first * sa, sa, rsa,   \
+                                           csa, B + first * sb, sb, rsb, csb, Ct, sc, r, c); \
+            if (code != CONVC_OK) status = code; /* any failure will do */                   \
+        }                                                                                    \
+        for (int64_t t = 1; partial && t < teams; t++)                                       \
+            for (int64_t i = 0; i < M; i++)                                                  \
+                for (int64_t j = 0; j < N; j++)                                              \
+                    C[i * rsc + j * csc] += partial[((t - 1) * M + i) * N + j];              \
+        convc_free(partial);                                                                 \
+        return status;                                                                       \
+    }
+
+#ifdef _OPENMP
+#define CONVC_GEMM_OPENMP 1
+#define CONVC_GEMM_PRAGMA(x) _Pragma(#x)
+#define CONVC_GEMM_PARALLEL_FOR(n) CONVC_GEMM_PRAGMA(omp parallel for num_threads(n))
+#else
+#define CONVC_GEMM_OPENMP 0
+#define CONVC_GEMM_PARALLEL_FOR(n)
+#endif
+
+CONVC_GEMM_THREADED(float, f32)
+CONVC_GEMM_THREADED(double, f64)
 
 #else /* CONVC_GEMM_TEMPLATE */
 /* Defined by the includer: T (float or double) and TNAME (f32 or f64), VBYTES (bytes per

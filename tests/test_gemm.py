@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from convc.build import build_library
 
 REPO = Path(__file__).resolve().parent.parent
-ARGS = ("int64_t batch, int64_t M, int64_t N, int64_t K, "
+ARGS = ("int threads, int64_t batch, int64_t M, int64_t N, int64_t K, "
         "const {t} *A, int64_t sa, int64_t rsa, int64_t csa, "
         "const {t} *B, int64_t sb, int64_t rsb, int64_t csb, "
         "{t} *C, int64_t sc, int64_t rsc, int64_t csc")
@@ -44,12 +44,12 @@ def lib():
     return build_library(SOURCE, CDEF).module
 
 
-def call(module, A, B, C) -> int:
+def call(module, A, B, C, threads=1) -> int:
     """``C[b] += A[b] @ B[b]`` through the C function; A, B, C are 3-D arrays or views."""
     ffi, lib = module.ffi, module.lib
     name, ctype = {4: ("convc_gemm_f32", "float *"), 8: ("convc_gemm_f64", "double *")}[C.itemsize]
     batch, M, K = A.shape
-    args = [batch, M, B.shape[2], K]
+    args = [threads, batch, M, B.shape[2], K]
     for x in (A, B, C):
         # The address of element (0, 0, 0), and the strides in elements.
         args += [ffi.cast(ctype, x.ctypes.data), *(s // x.itemsize for s in x.strides)]
@@ -179,7 +179,7 @@ def test_empty_sizes_leave_c_unchanged(lib, dtype):
 def test_negative_size_is_an_error(lib):
     null = lib.ffi.NULL
     for sizes in [(-1, 2, 2, 2), (1, -2, 2, 2), (1, 2, -2, 2), (1, 2, 2, -1)]:
-        status = lib.lib.convc_gemm_f32(*sizes, null, 0, 0, 0, null, 0, 0, 0, null, 0, 0, 0)
+        status = lib.lib.convc_gemm_f32(1, *sizes, null, 0, 0, 0, null, 0, 0, 0, null, 0, 0, 0)
         assert status == ERR_SIZE
 
 
@@ -304,3 +304,28 @@ def test_runs_clean_under_asan_and_ubsan():
     assert "ERROR: AddressSanitizer" not in proc.stderr, report
     assert "runtime error:" not in proc.stderr, report
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", report
+
+
+@pytest.mark.parametrize("threads", [2, 3, 8])
+@pytest.mark.parametrize("shared_c", [False, True])
+def test_threads_share_the_batch(lib, threads, shared_c):
+    """Each thread takes a share of the batch; a C shared by the batch (stride 0) gets the
+    sum of every product, the same for every run at one thread count."""
+    rng = np.random.default_rng(threads)
+    A = random(rng, (5, 9, 33), np.float32)
+    B = random(rng, (5, 33, 40), np.float32)
+    if shared_c:
+        C = np.zeros((9, 40), np.float32)
+        view = np.lib.stride_tricks.as_strided(C, (5, 9, 40), (0, *C.strides))
+        assert call(lib, A, B, view, threads) == OK
+        expected = np.einsum("bik,bkj->ij", A.astype(np.float64), B.astype(np.float64))
+        np.testing.assert_allclose(C, expected, rtol=1e-5, atol=1e-4)
+        again = np.zeros_like(C)
+        view = np.lib.stride_tricks.as_strided(again, (5, 9, 40), (0, *again.strides))
+        assert call(lib, A, B, view, threads) == OK
+        np.testing.assert_array_equal(again, C)
+    else:
+        C = random(rng, (5, 9, 40), np.float32)
+        expected = C.astype(np.float64) + A.astype(np.float64) @ B.astype(np.float64)
+        assert call(lib, A, B, C, threads) == OK
+        np.testing.assert_allclose(C, expected, rtol=1e-5, atol=1e-4)

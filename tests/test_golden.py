@@ -52,7 +52,7 @@ GRAPHS = {"conv_stride2": conv_stride2, "pools": pools, "lenet": lenet}
 
 @pytest.mark.parametrize("name", GRAPHS)
 def test_generated_c_matches_golden(name, golden):
-    golden(f"{name}.c", convc.lower(GRAPHS[name]()).source)
+    golden(f"{name}.c", convc.lower(GRAPHS[name](), num_threads=2).source)
 
 
 @pytest.mark.parametrize("name", GRAPHS)
@@ -65,9 +65,9 @@ def test_generated_c_is_deterministic(name):
 def test_generated_c_compiles_strictly_on_its_own(name, dtype, tmp_path):
     cc = shutil.which("gcc")
     assert cc is not None, "gcc is needed to check the generated C with -pedantic"
-    lowered = convc.lower(GRAPHS[name](), dtype)
+    lowered = convc.lower(GRAPHS[name](), dtype, num_threads=2)
     (tmp_path / "kernel.c").write_text(lowered.source)
-    command = [cc, "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror",
+    command = [cc, "-std=c99", "-pedantic", "-fopenmp", "-Wall", "-Wextra", "-Werror",
                f"-I{runtime_dir()}", "-c", "kernel.c", "-o", "kernel.o"]
     proc = subprocess.run(command, check=False, cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, f"{shlex.join(command)}\n{proc.stderr}"

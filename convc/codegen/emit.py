@@ -14,7 +14,7 @@ import sympy
 
 from ..ir.comprehension import Reduction
 from ..contract import Gemm
-from ..loops import ArgMaxUpdate, Block, Kernel, Let, Loop, Store, Update
+from ..loops import ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Store, Update
 from .cprinter import CPrinter
 from .names import c_comment
 
@@ -53,34 +53,38 @@ def parameter_list(sizes, reads, writes, buffers, restrict: bool = True) -> str:
     return ", ".join(args) if args else "void"
 
 
-def emit_kernel(kernel: Kernel, fname: str, header: list[str], buffers, printer) -> str:
-    """The C function of one node: its comment header, signature and loop nests."""
+def emit_kernel(kernel: Kernel, fname: str, header: list[str], buffers, printer,
+                threads: int = 1) -> str:
+    """The C function of one node: its comment header, signature and loop nests; parallel
+    loops and matrix products use up to ``threads`` threads."""
     sizes = size_symbols(buffers[t] for t in kernel.reads + kernel.writes)
     comment = "\n".join(f" * {c_comment(line)}".rstrip() for line in header)
     params = parameter_list(sizes, kernel.reads, kernel.writes, buffers)
     kind = "int" if kernel.can_fail else "void"
     lines = [f"/*{comment[2:]}\n */", f"static {kind} {fname}({params})", "{"]
     for stmt in kernel.nests:
-        lines += emit_stmt(stmt, printer, buffers, INDENT)
+        lines += emit_stmt(stmt, printer, buffers, INDENT, threads)
     if kernel.can_fail:
         lines.append(f"{INDENT}return CONVC_OK;")
     lines.append("}")
     return "\n".join(lines)
 
 
-def emit_stmt(stmt, printer: CPrinter, buffers, indent: str) -> list[str]:
+def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, threads: int = 1) -> list[str]:
     p = printer.doprint
     if isinstance(stmt, Loop):
         v = stmt.var
         start, stop = printer.doprint_int(stmt.start), printer.doprint_int(stmt.stop)
-        head = f"{indent}for (int64_t {v} = {start}; {v} < {stop}; ++{v}) {{"
+        head = [f"{indent}for (int64_t {v} = {start}; {v} < {stop}; ++{v}) {{"]
+        if stmt.kind is LoopKind.PARALLEL and threads > 1:
+            head.insert(0, f"{indent}#pragma omp parallel for num_threads({threads})")
         body = [line for s in stmt.body for line in emit_stmt(s, printer, buffers,
-                                                               indent + INDENT)]
+                                                               indent + INDENT, threads)]
         nested = any(isinstance(s, Loop) for s in stmt.body)
-        return [head, *body, f"{indent}}}" + (f" /* {v} */" if nested else "")]
+        return [*head, *body, f"{indent}}}" + (f" /* {v} */" if nested else "")]
     if isinstance(stmt, Block):
         inner = [line for s in stmt.body for line in emit_stmt(s, printer, buffers,
-                                                                indent + INDENT)]
+                                                                indent + INDENT, threads)]
         return [f"{indent}{{", *inner, f"{indent}}}"]
     if isinstance(stmt, Let):
         ctype = "int64_t" if stmt.var.is_integer else printer.float_type
@@ -98,16 +102,17 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str) -> list[str]:
     if isinstance(stmt, Store):
         return [f"{indent}{p(stmt.target)} = {p(stmt.value)};"]
     if isinstance(stmt, Gemm):
-        return _emit_gemm(stmt, printer, buffers, indent)
+        return _emit_gemm(stmt, printer, buffers, indent, threads)
     raise TypeError(f"cannot emit {stmt!r}")
 
 
-def _emit_gemm(gemm: Gemm, printer: CPrinter, buffers, indent: str) -> list[str]:
+def _emit_gemm(gemm: Gemm, printer: CPrinter, buffers, indent: str, threads: int
+               ) -> list[str]:
     """``C += A·B`` by the runtime; a failure (no memory to pack into) returns its code."""
     i = printer.doprint_int
     suffix = "f32" if printer.float_type == "float" else "f64"
     batch = i(gemm.batch.extent) if gemm.batch else "1"
-    args = [batch, i(gemm.m), i(gemm.n), i(gemm.k)]
+    args = [str(threads), batch, i(gemm.m), i(gemm.n), i(gemm.k)]
     for view in (gemm.a, gemm.b, gemm.c):
         offset = i(view.offset)
         base = buffers[view.tensor].cname + ("" if offset == "0" else f" + {offset}")

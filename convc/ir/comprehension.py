@@ -92,7 +92,8 @@ class Comprehension:
     ``inside`` lists accesses that the derivation proved stay inside their tensors;
     ``stop_gradient`` marks a
     value that the result does not depend on in exact arithmetic (softmax's shift by the
-    row maximum), so no gradient flows through it.
+    row maximum), so no gradient flows through it. ``dtype`` is the element type of the
+    output when it is not float (``"uint8"`` for a mask; an argmax is ``int64``).
     """
 
     output: sympy.Indexed
@@ -107,6 +108,7 @@ class Comprehension:
     where: tuple[tuple[sympy.Expr, sympy.Expr, sympy.Expr], ...] = ()
     inside: frozenset = frozenset()
     stop_gradient: bool = False
+    dtype: str | None = None
 
     def __post_init__(self):
         for name in ("free", "reduced"):

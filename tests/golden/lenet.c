@@ -10,6 +10,7 @@
  */
 static void convc_lenet_conv0_fwd(int64_t N, const float *restrict x, const float *restrict conv0_weight, const float *restrict conv0_bias, float *restrict conv0)
 {
+    #pragma omp parallel for num_threads(2)
     for (int64_t n = 0; n < N; ++n) {
         for (int64_t k = 0; k < 2; ++k) {
             for (int64_t i0 = 0; i0 < 6; ++i0) {

@@ -1,0 +1,82 @@
+"""num_threads: large loops and the products' batches are shared among threads; results do
+not depend on the count beyond the order of a kernel gradient's partial sums, and a given
+count gives the same bits on every run."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import convc
+
+
+def network():
+    g = convc.Graph("threads")
+    x = g.input("x", (None, 3, 12, 12))
+    y = g.input("y", (None,), dtype="int64")
+    h = g.relu(g.conv(x, channels=16, kernel=3, padding=1))
+    h = g.max_pool(g.relu(g.conv(h, channels=24, kernel=3, stride=2, padding=1)), 2)
+    logits = g.dense(g.flatten(h), 10)
+    g.output(g.softmax_cross_entropy(logits, y))
+    return g
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((37, 3, 12, 12)).astype(np.float32),
+            rng.integers(0, 10, 37))
+
+
+def run(threads, batch, params=None):
+    net = convc.compile(network(), grad=True, num_threads=threads)
+    params = params if params is not None else net.init_params(seed=3)
+    x, y = batch
+    return net(x=x, y=y, **params), params, net
+
+
+def test_thread_counts_agree_and_each_repeats_exactly(batch):
+    (loss1, grads1), params, _ = run(1, batch)
+    for threads in (2, 3):
+        (loss, grads), _, net = run(threads, batch, params)
+        assert f"num_threads({threads})" in net.source
+        np.testing.assert_allclose(loss, loss1, rtol=1e-5)
+        for name in grads1:
+            np.testing.assert_allclose(grads[name], grads1[name], rtol=1e-4, atol=1e-5)
+        again, again_grads = net(x=batch[0], y=batch[1], **params)
+        assert again == loss
+        for name in grads:
+            np.testing.assert_array_equal(again_grads[name], grads[name])
+
+
+def test_one_thread_has_no_pragma_and_explain_says_how_many():
+    net = convc.compile(network(), num_threads=1)
+    assert "#pragma omp" not in net.source
+    assert ", 1 thread, " in net.explain()
+    two = convc.compile(network(), num_threads=2)
+    assert ", 2 threads, " in two.explain() and "(parallel)" in two.explain()
+
+
+def test_threaded_module_serves_several_python_threads(batch):
+    (expected, grads), params, net = run(2, batch)
+    results = []
+
+    def work():
+        results.append(net(x=batch[0], y=batch[1], **params))
+
+    workers = [threading.Thread(target=work) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(results) == 4
+    for loss, got in results:
+        assert loss == expected
+        for name in grads:
+            np.testing.assert_array_equal(got[name], grads[name])
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
+def test_num_threads_must_be_a_positive_int(bad):
+    with pytest.raises(convc.GraphError, match="num_threads must be a positive int"):
+        convc.lower(network(), num_threads=bad)
