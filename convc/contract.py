@@ -273,11 +273,16 @@ def _view(comp, name, access, rows, cols, outer, batch, where, shapes, packed):
         return step, -_magnitude(extents[group[-1]])
     outer_group, inner = (cols, rows) if order(rows) < order(cols) else (rows, cols)
     dims = [Dim(v, 0, extents[v]) for v in (*keep, *outer_group, *inner)]
-    body = access
+    read, pad = access, []
+    if access not in inside and not _in_box(comp, access, shapes):
+        read, pad = _padded(comp, access, fill, dims, shapes, packed)
+        inside = frozenset({read})
+    body = read
     if own:
         holds = sympy.And(*[sympy.And(lo <= e, e < hi) for e, lo, hi in own])
-        body = sympy.Piecewise((access, holds), (0, True))
+        body = sympy.Piecewise((read, holds), (0, True))
     label, pack = _pack(comp, name, dims, body, fill, inside, shapes, packed)
+    pack = pad + pack
     shape = [d.stop for d in dims]
     pc, _ = strides(sympy.IndexedBase(label)[tuple(d.var for d in dims)], shape, variables)
     loops = [v for v in keep if v != batch]
@@ -285,7 +290,30 @@ def _view(comp, name, access, rows, cols, outer, batch, where, shapes, packed):
                 _last(pc, rows), _last(pc, cols)), pack
 
 
-def _pack(comp, name, dims, body, fill, inside, shapes, packed):
+def _padded(comp, access, fill, dims, shapes, packed):
+    """``access`` read from a copy of its tensor with the fill around it, wide enough that
+    the access never leaves it: the copy is one pass over the tensor, after which packing
+    (which reads each element up to kernel-size times) copies whole rows with no bounds."""
+    tensor = str(access.base.label)
+    extents = {d.var: d.stop for d in dims}
+    lows, sizes = [], []
+    for idx, size in zip(access.indices, shapes[tensor]):
+        lo, hi = index_range(idx, extents)
+        lo, hi = sympy.Min(lo, 0), sympy.Max(hi, size - 1)
+        if not (lo.is_number and (hi - lo).free_symbols <= size.free_symbols
+                if isinstance(size, sympy.Expr) else lo.is_number):
+            return access, []
+        lows.append(lo)
+        sizes.append(hi - lo + 1)
+    axes = [sympy.Symbol(f"p{i}", integer=True) for i in range(len(sizes))]
+    source = access.base[tuple(a + lo for a, lo in zip(axes, lows))]
+    pad_dims = [Dim(a, 0, n) for a, n in zip(axes, sizes)]
+    label, made = _pack(comp, "pad", pad_dims, source, fill, frozenset(), shapes, packed,
+                        f"pads {tensor} for {comp.tensor}")
+    return sympy.IndexedBase(label)[tuple(i - lo for i, lo in zip(access.indices, lows))], made
+
+
+def _pack(comp, name, dims, body, fill, inside, shapes, packed, what=None):
     """The packed tensor's name, and its comprehension unless an identical packing (same
     values, same layout: the im2col of the forward pass that g reads again) exists."""
     canon = {d.var: sympy.Symbol(f"_{i}", integer=True) for i, d in enumerate(dims)}
@@ -302,7 +330,7 @@ def _pack(comp, name, dims, body, fill, inside, shapes, packed):
     output = sympy.IndexedBase(label)[tuple(d.var for d in dims)]
     tensor = str(next(iter(body.atoms(sympy.Indexed))).base.label)
     return label, [Comprehension(output, tuple(dims), body, fill=fill, inside=inside,
-                                 equation=f"packs {tensor} for {comp.tensor}")]
+                                 equation=what or f"packs {tensor} for {comp.tensor}")]
 
 
 def _direct(comp, access, rows, cols, shapes) -> bool:
@@ -320,8 +348,11 @@ def _same(constraint, other) -> bool:
 
 
 def _inside(comp, access, shapes) -> bool:
-    if access in comp.inside:
-        return True
+    return access in comp.inside or _in_box(comp, access, shapes)
+
+
+def _in_box(comp, access, shapes) -> bool:
+    """Whether ``access`` stays inside its tensor over the whole box of the variables."""
     extents = {d.var: d.stop for d in comp.variables}
     for idx, size in zip(access.indices, shapes[str(access.base.label)]):
         lo, hi = index_range(idx, extents)

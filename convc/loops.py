@@ -19,10 +19,13 @@ from .ir.comprehension import Reduction
 
 class LoopKind(str, enum.Enum):
     """``parallel``: its iterations write disjoint elements and may run on several threads
-    (the outermost free variable of a comprehension)."""
+    (the outermost free variable of a comprehension). ``vector``: its iterations add into
+    one accumulator and may do so in any order, in vector lanes (the innermost loop of a
+    sum)."""
 
     SERIAL = "serial"
     PARALLEL = "parallel"
+    VECTOR = "vector"
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def format_nest(stmts, indent: str = "") -> str:
     lines = []
     for s in stmts:
         if isinstance(s, Loop):
-            tag = "  (parallel)" if s.kind is LoopKind.PARALLEL else ""
+            tag = f"  ({s.kind.value})" if s.kind is not LoopKind.SERIAL else ""
             lines.append(f"{indent}for {s.var} in [{s.start}, {s.stop}):{tag}")
             lines.append(format_nest(s.body, indent + "  "))
         elif isinstance(s, Block):

@@ -81,7 +81,7 @@ def _serial_nest(comp: Comprehension, shapes) -> tuple[Stmt, ...]:
         nest = _bordered(comp, bounds, access, unsafe, fill)
         if nest is not None:
             return nest
-    return _nest(comp, bounds, guards)
+    return _nest(comp, bounds, guards, _contiguous(comp, shapes))
 
 
 def lower_node(node: str, inputs: tuple[str, ...], parts, shapes: dict[str, tuple]) -> Kernel:
@@ -147,45 +147,47 @@ def _fold_single_points(comp: Comprehension) -> Comprehension:
 
 
 def _collapse(comp: Comprehension, shapes) -> Comprehension:
-    """One loop for the innermost free variables that every access walks alike.
+    """One loop for the innermost variables that every access walks alike.
 
-    When the output and every access end in the same variables over their whole axes (an
-    activation, its gradient, a sum of same-shaped tensors, setting a gradient to 0), those
-    axes are one contiguous run: a single loop over it (``relu0[f] = max(0, conv0[f])`` for
-    ``f < 1024*N``) is what a compiler vectorises best.
+    When the accesses end in the same variables over their whole axes, those axes are one
+    contiguous run, and a single loop over it is what a compiler vectorises best: the free
+    variables of an elementwise comprehension (``relu0[f] = max(0, conv0[f])`` for
+    ``f < 1024*N``, with its output), or the reduced ones of a sum or max (a bias gradient
+    sums each image's 8x8 positions as one run of 64).
     """
-    if comp.reduction is not Reduction.NONE or comp.where or len(comp.free) < 2:
+    if comp.where:
         return comp
-    accesses = [comp.output, *comp.accesses()]
+    if comp.reduction is Reduction.NONE:
+        return _fuse(comp, "free", [comp.output, *comp.accesses()], shapes)
+    if comp.reduction in (Reduction.SUM, Reduction.MAX):
+        return _fuse(comp, "reduced", sorted(comp.body.atoms(sympy.Indexed), key=str), shapes)
+    return comp
+
+
+def _fuse(comp: Comprehension, group: str, accesses, shapes) -> Comprehension:
+    dims = getattr(comp, group)
     run = 0
-    for d in reversed(comp.free):
+    for d in reversed(dims):
         def walks(a, d=d, k=run + 1):
             shape = shapes[str(a.base.label)]
             return (len(a.indices) >= k and a.indices[-k] == d.var and d.start == 0
                     and sympy.expand(shape[-k] - d.stop) == 0)
-        if not all(walks(a) for a in accesses):
+        if not accesses or not all(walks(a) for a in accesses):
             break
         run += 1
     if run < 2 or any(a not in comp.inside and _unsafe_axes(comp, a, shapes)
                       for a in accesses):
         return comp
-    rest = comp.free[:len(comp.free) - run]
-    fused = comp.free[-1].var
-    extent = sympy.Mul(*[d.stop for d in comp.free[-run:]])
-    gone = {d.var for d in comp.free[-run:]}
-
-    def flat(a):
-        if not isinstance(a, sympy.Indexed):
-            return a
-        return a.base[(*a.indices[:-run], *[0] * (run - 1), fused)]
-
+    fused = dims[-1].var
+    extent = sympy.Mul(*[d.stop for d in dims[-run:]])
+    gone = {d.var for d in dims[-run:]}
     values = comp.body.xreplace({a: sympy.Dummy() for a in accesses})
     if values.free_symbols & gone:
         return comp  # a collapsed variable is used outside the accesses
-    sub = {a: flat(a) for a in accesses}
-    body = comp.body.xreplace(sub)
-    return replace(comp, output=flat(comp.output), free=(*rest, Dim(fused, 0, extent)),
-                   body=body, inside=frozenset(sub.values()))
+    sub = {a: a.base[(*a.indices[:-run], *[0] * (run - 1), fused)] for a in accesses}
+    return replace(comp, output=sub.get(comp.output, comp.output), body=comp.body.xreplace(sub),
+                   inside=(comp.inside - set(sub)) | set(sub.values()),
+                   **{group: (*dims[:-run], Dim(fused, 0, extent))})
 
 
 def _unsafe_axes(comp, access, shapes) -> list[tuple[sympy.Expr, sympy.Expr]]:
@@ -275,7 +277,26 @@ def _bordered(comp: Comprehension, bounds, access, unsafe, fill) -> tuple[Stmt, 
     return nest(0, comp.body)
 
 
-def _nest(comp: Comprehension, bounds, guards) -> tuple[Stmt, ...]:
+def _contiguous(comp: Comprehension, shapes) -> bool:
+    """Whether the innermost reduced variable runs at least 16 steps and every read of the
+    body steps by 0 or 1 element along it: a sum over it then vectorises (a strided one
+    would gather, and lose)."""
+    if not comp.reduced:
+        return False
+    extent = sympy.sympify(comp.reduced[-1].extent)
+    if extent.is_number and extent < 16:
+        return False  # too short to fill a vector
+    v = comp.reduced[-1].var
+    for a in comp.body.atoms(sympy.Indexed):
+        flat, step = sympy.Integer(0), sympy.Integer(1)
+        for idx, size in reversed(list(zip(a.indices, shapes[str(a.base.label)]))):
+            flat, step = flat + idx * step, step * size
+        if sympy.expand(flat).coeff(v) not in (0, 1):
+            return False
+    return True
+
+
+def _nest(comp: Comprehension, bounds, guards, contiguous: bool = False) -> tuple[Stmt, ...]:
     guard = (lambda e: e.xreplace(guards)) if guards else (lambda e: e)
     body = guard(comp.body)
     if comp.reduction is Reduction.NONE:
@@ -288,8 +309,10 @@ def _nest(comp: Comprehension, bounds, guards) -> tuple[Stmt, ...]:
                  Store(comp.output, ARG))
     else:
         inner = (Update(ACC, comp.reduction, body),)
-        for d in reversed(comp.reduced):
-            inner = (Loop(d.var, *bounds[d.var], inner),)
+        for i, d in enumerate(reversed(comp.reduced)):
+            vector = i == 0 and contiguous and comp.reduction is Reduction.SUM
+            inner = (Loop(d.var, *bounds[d.var], inner,
+                          LoopKind.VECTOR if vector else LoopKind.SERIAL),)
         init = comp.reduction.identity if comp.init is None else guard(comp.init)
         final = ACC if comp.final is None else guard(comp.final)
         stmts = (Let(ACC, init), *inner, Store(comp.output, final))

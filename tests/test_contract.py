@@ -139,3 +139,15 @@ def test_workspace_is_reused_and_threads_get_their_own():
     np.testing.assert_array_equal(first[0], again[0])
     for name in first[1]:
         np.testing.assert_array_equal(first[1][name], again[1][name])
+
+
+def test_a_padded_input_is_copied_once_then_packed_without_bounds():
+    lowered = convc.lower(conv_graph(), grad=["x", "conv0.weight"])
+    comps = {c.tensor: c for parts in lowered.parts.values() for c in parts
+             if not isinstance(c, Gemm)}
+    assert lowered.buffers["conv0~pad"].shape[1:] == (16, 10, 10)  # one cell of zeros around
+    assert str(comps["conv0~b"].body.base.label) == "conv0~pad"
+    assert str(comps["grad:x~b"].body.base.label) == "grad:x~pad"  # h: the output gradient
+    step = next(s for s in lowered.steps if s.node == "conv0" and s.role == "fwd")
+    body = function(lowered.source, lowered.functions[step])
+    assert "for (int64_t i1 = 0; i1 < 8; ++i1)" in body  # whole rows, constant bounds

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from ..ir.comprehension import Reduction
+from ..ir.comprehension import ACC, Reduction
 from ..contract import Gemm
 from ..loops import ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Store, Update
 from .cprinter import CPrinter
@@ -78,6 +78,8 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, threads: int = 1) -
         head = [f"{indent}for (int64_t {v} = {start}; {v} < {stop}; ++{v}) {{"]
         if stmt.kind is LoopKind.PARALLEL and threads > 1:
             head.insert(0, f"{indent}#pragma omp parallel for num_threads({threads})")
+        elif stmt.kind is LoopKind.VECTOR:
+            head.insert(0, f"{indent}#pragma omp simd reduction(+:{ACC})")
         body = [line for s in stmt.body for line in emit_stmt(s, printer, buffers,
                                                                indent + INDENT, threads)]
         nested = any(isinstance(s, Loop) for s in stmt.body)

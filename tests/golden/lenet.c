@@ -88,6 +88,7 @@ static void convc_lenet_dense0_fwd(int64_t N, const float *restrict flatten0, co
     for (int64_t n = 0; n < N; ++n) {
         for (int64_t o = 0; o < 3; ++o) {
             float acc = dense0_bias[o];
+            #pragma omp simd reduction(+:acc)
             for (int64_t f = 0; f < 18; ++f) {
                 acc += dense0_weight[o*18 + f]*flatten0[n*18 + f];
             }
@@ -128,6 +129,7 @@ static void convc_lenet_softmax_cross_entropy0_fwd(int64_t N, const float *restr
     } /* n */
     {
         float acc = 0;
+        #pragma omp simd reduction(+:acc)
         for (int64_t n = 0; n < N; ++n) {
             acc += logf(softmax_cross_entropy0_sum[n]) + softmax_cross_entropy0_max[n] - softmax_cross_entropy0_picked[n];
         }
