@@ -27,14 +27,14 @@ contraction or too small to gain from it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy
 
 from .ir.affine import affine_terms, index_range, is_proven
 from .ir.comprehension import Comprehension, Dim, Reduction
 
-MIN_EXTENT = {"m": 4, "n": 8, "k": 8}
+MIN_EXTENT = {"m": 1, "n": 8, "k": 8}
 """The least rows, columns and depth per product for which packing pays over direct loops."""
 
 
@@ -89,14 +89,38 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], force: bool = False,
     module), so that one needed again is read, not made again.
     """
     packed = {} if packed is None else packed
+    comp = _from_zero(comp)
     operands = _operands(comp)
     if operands is None:
         return None
     least = {key: 1 for key in MIN_EXTENT} if force else MIN_EXTENT
-    variants = [r for a, b in (operands, operands[::-1]) for r in _roles(comp, a, b, shapes, least)]
+    variants = [r for a, b in (operands, operands[::-1])
+                for r in _roles(comp, a, b, shapes, least)]
     if not variants:
         return None
     return min(variants, key=lambda r: r.cost(comp, shapes)).parts(comp, shapes, packed)
+
+
+def _from_zero(comp: Comprehension) -> Comprehension:
+    """Every variable counted from 0: ``1 <= u < 29`` becomes ``u < 28`` with ``u + 1``
+    written for ``u`` (a phase of a strided input gradient starts past the padding)."""
+    loop_vars = {d.var for d in comp.variables}
+    shift = {d.var: d.var + d.start for d in comp.variables
+             if d.start != 0 and not d.start.free_symbols & loop_vars}
+    if not shift:
+        return comp
+
+    def sub(e):
+        return None if e is None else e.xreplace(shift)
+
+    def dims(ds):
+        return tuple(Dim(d.var, 0, d.stop - d.start) if d.var in shift else
+                     Dim(d.var, sub(d.start), sub(d.stop)) for d in ds)
+
+    return replace(comp, output=sub(comp.output), free=dims(comp.free),
+                   reduced=dims(comp.reduced), body=sub(comp.body), init=sub(comp.init),
+                   inside=frozenset(sub(a) for a in comp.inside),
+                   where=tuple((sub(e), lo, hi) for e, lo, hi in comp.where))
 
 
 def _operands(comp: Comprehension):
@@ -166,7 +190,7 @@ class _Roles:
         m, n, k = size(self.m), size(self.n), size(self.k)
         fill = m / (-(-m // 8) * 8) * n / (-(-n // 32) * 32) * k / (k + 8)
         out_coeffs, _ = strides(comp.output, shapes[comp.tensor], list(extents))
-        fill *= 1.0 if out_coeffs.get(self.n[-1]) == 1 else 0.5  # C's rows are contiguous
+        fill *= 1.0 if _last(out_coeffs, self.n) == 1 else 0.5  # C's rows are contiguous
         macs = m * n * k * size(self.outer) * (extents[self.batch] if self.k_batch else 1)
         packed = 0.0
         for access, rows, cols in ((self.a, self.m, self.k), (self.b, self.k, self.n)):
@@ -221,8 +245,8 @@ def _roles(comp: Comprehension, a, b, shapes, least) -> list[_Roles]:
     m = [v for v in by_stride if v in in_a and v not in in_b]
     n = [v for v in by_stride if v in in_b and v not in in_a]
     m, n = _inner_run(m, out_coeffs, extents), _inner_run(n, out_coeffs, extents)
-    if not m or not n:
-        return []
+    if not n:
+        return []  # the products run along a row of C: rows alone (M) is a sum, not a product
     for e, _, _ in comp.where:  # each constraint must fall to one factor's packing
         used = e.free_symbols & set(extents)
         if not (used <= in_a or used <= in_b):
@@ -269,6 +293,8 @@ def _view(comp, name, access, rows, cols, outer, batch, where, shapes, packed):
     # rows or columns innermost: whichever walks the tensor in smaller steps, else the
     # longer run, so that the packing loop reads and writes along one run
     def order(group):
+        if not group:
+            return math.inf, 0.0
         step = _magnitude(abs(coeffs.get(group[-1], 0))) or math.inf
         return step, -_magnitude(extents[group[-1]])
     outer_group, inner = (cols, rows) if order(rows) < order(cols) else (rows, cols)
@@ -375,7 +401,8 @@ def _offset(coeffs: dict, const, loops) -> sympy.Expr:
 
 
 def _last(coeffs: dict, group) -> sympy.Expr:
-    return sympy.sympify(coeffs.get(group[-1], 0))
+    """The stride of a group: its innermost variable's (0 for an empty group, of extent 1)."""
+    return sympy.sympify(coeffs.get(group[-1], 0)) if group else sympy.Integer(0)
 
 
 def _size(group, extents) -> sympy.Expr:

@@ -271,8 +271,9 @@ def _bordered(comp: Comprehension, bounds, access, unsafe, fill) -> tuple[Stmt, 
             first, last = solve_inside(coeff, rest, size)
             lo, hi = sympy.Max(lo, first), sympy.Min(hi, last)
         edge = nest(i + 1, border)
-        return (Loop(v, start, sympy.Min(lo, stop), edge), Loop(v, lo, hi, nest(i + 1, value)),
-                Loop(v, sympy.Max(lo, hi), stop, edge))
+        parts = (Loop(v, start, sympy.Min(lo, stop), edge), Loop(v, lo, hi, nest(i + 1, value)),
+                 Loop(v, sympy.Max(lo, hi), stop, edge))
+        return tuple(p for p in parts if not is_proven(p.start >= p.stop))  # no empty loops
 
     return nest(0, comp.body)
 

@@ -4,7 +4,8 @@ convc writes the forward convolution (9.7/9.8) as one comprehension and derives 
 gradient g (9.11) and the input gradient h (9.13) from it. For h it solves the affine
 access ``2·i + m - 1 = j`` per axis: one comprehension per phase of ``j`` modulo the stride,
 with the ranges of the eliminated variables kept as constraints (``where``) that lowering
-turns into floor/ceil loop bounds. The loop nests and the C follow.
+turns into floor/ceil loop bounds. The loop nests and the C follow, as derived
+(``algorithm="direct"``; by default a module packs these sums into matrix products).
 """
 
 import convc
@@ -13,7 +14,7 @@ g = convc.Graph("strided")
 x = g.input("x", (None, 3, 7, 7))
 g.output(g.conv(x, channels=4, kernel=3, stride=2, padding=1))
 
-lowered = convc.lower(g, grad=["x", "conv0.weight"])
+lowered = convc.lower(g, grad=["x", "conv0.weight"], algorithm="direct")
 print("forward:")
 print("  ", lowered.comprehensions["conv0"][0])
 for step in lowered.derivatives("conv0"):

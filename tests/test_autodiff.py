@@ -591,11 +591,13 @@ STRUCTURE_CASES = [  # sizes, kernel, stride, dilation, padding
 
 
 def structure_lowered(sizes, kernel, stride, dilation, padding, grad=("x",)):
+    """The derived loops themselves (``algorithm="direct"``): packed into matrix products,
+    h multiplies the zeros of its packing too, and its loops are the runtime's."""
     g = convc.Graph("structure")
     x = g.input("x", (None, 2, *sizes))
     g.output(g.conv(x, channels=4, kernel=kernel, stride=stride, dilation=dilation,
                     padding=padding, groups=2))
-    return convc.lower(g, "float64", grad=list(grad))
+    return convc.lower(g, "float64", grad=list(grad), algorithm="direct")
 
 
 def step_of(lowered, node, role):

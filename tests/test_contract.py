@@ -68,7 +68,6 @@ def test_groups_loop_around_the_product():
 @pytest.mark.parametrize("build", [
     lambda g, x: g.relu(x),
     lambda g, x: g.max_pool(x, 2),
-    lambda g, x: g.conv(x, channels=16, kernel=3, groups=16),  # depthwise: one row
 ])
 def test_what_is_not_a_worthwhile_contraction_stays_direct(build):
     g = convc.Graph("n")
@@ -76,8 +75,13 @@ def test_what_is_not_a_worthwhile_contraction_stays_direct(build):
     assert gemms(convc.lower(g)) == []
 
 
+def test_depthwise_is_one_row_per_group_and_image():
+    (gemm,) = gemms(convc.lower(conv_graph(cin=16, channels=16, groups=16)))
+    assert gemm.m == 1 and gemm.k == 9 and [str(d.var) for d in gemm.outer] == ["g"]
+
+
 def test_small_contractions_stay_direct_unless_forced():
-    g = conv_graph(cin=1, channels=2, size=4)
+    g = conv_graph(cin=1, channels=2, size=2)
     assert gemms(convc.lower(g)) == []
     assert len(gemms(convc.lower(g, algorithm="gemm"))) == 1
     assert gemms(convc.lower(conv_graph(), algorithm="direct")) == []

@@ -8,33 +8,63 @@
  *   conv0[n, k, i0, i1] = conv0.bias[k] + sum_{c < 2, m0 < 3, m1 < 3} conv0.weight[k, c, m0, m1]*x[n, c, -1 + m0 + 2*i0, -1 + m1 + 2*i1]   for n < N, k < 3, i0 < 4, i1 < 3  [eq. 9.8]
  * shapes: 'x' (N, 2, 7, 6), 'conv0.weight' (3, 2, 3, 3), 'conv0.bias' (3,) -> (N, 3, 4, 3)
  */
-static void convc_conv_stride2_conv0_fwd(int64_t N, const float *restrict x, const float *restrict conv0_weight, const float *restrict conv0_bias, float *restrict conv0)
+static int convc_conv_stride2_conv0_fwd(int64_t N, const float *restrict x, const float *restrict conv0_weight, const float *restrict conv0_bias, float *restrict conv0, float *restrict conv0_pad, float *restrict conv0_b)
 {
-    #pragma omp parallel for num_threads(2)
     for (int64_t n = 0; n < N; ++n) {
         for (int64_t k = 0; k < 3; ++k) {
             for (int64_t i0 = 0; i0 < 4; ++i0) {
                 for (int64_t i1 = 0; i1 < 3; ++i1) {
-                    float acc = conv0_bias[k];
-                    for (int64_t c = 0; c < 2; ++c) {
-                        for (int64_t m0 = convc_max(0, 1 - 2*i0); m0 < convc_min(3, 8 - 2*i0); ++m0) {
-                            for (int64_t m1 = convc_max(0, 1 - 2*i1); m1 < convc_min(3, 7 - 2*i1); ++m1) {
-                                acc += conv0_weight[((k*2 + c)*3 + m0)*3 + m1]*x[((n*2 + c)*7 + 2*i0 + m0 - 1)*6 + 2*i1 + m1 - 1];
-                            }
-                        } /* m0 */
-                    } /* c */
-                    conv0[((n*3 + k)*4 + i0)*3 + i1] = acc;
-                } /* i1 */
+                    conv0[((n*3 + k)*4 + i0)*3 + i1] = conv0_bias[k];
+                }
             } /* i0 */
         } /* k */
     } /* n */
+    for (int64_t p0 = 0; p0 < N; ++p0) {
+        for (int64_t p1 = 0; p1 < 2; ++p1) {
+            for (int64_t p2 = 0; p2 < 1; ++p2) {
+                for (int64_t p3 = 0; p3 < 7; ++p3) {
+                    conv0_pad[((p0*2 + p1)*9 + p2)*7 + p3] = 0;
+                }
+            } /* p2 */
+            for (int64_t p2 = 1; p2 < 8; ++p2) {
+                for (int64_t p3 = 0; p3 < 1; ++p3) {
+                    conv0_pad[((p0*2 + p1)*9 + p2)*7 + p3] = 0;
+                }
+                for (int64_t p3 = 1; p3 < 7; ++p3) {
+                    conv0_pad[((p0*2 + p1)*9 + p2)*7 + p3] = x[((p0*2 + p1)*7 + p2 - 1)*6 + p3 - 1];
+                }
+            } /* p2 */
+            for (int64_t p2 = 8; p2 < 9; ++p2) {
+                for (int64_t p3 = 0; p3 < 7; ++p3) {
+                    conv0_pad[((p0*2 + p1)*9 + p2)*7 + p3] = 0;
+                }
+            } /* p2 */
+        } /* p1 */
+    } /* p0 */
+    for (int64_t n = 0; n < N; ++n) {
+        for (int64_t i0 = 0; i0 < 4; ++i0) {
+            for (int64_t i1 = 0; i1 < 3; ++i1) {
+                for (int64_t c = 0; c < 2; ++c) {
+                    for (int64_t m0 = 0; m0 < 3; ++m0) {
+                        for (int64_t m1 = 0; m1 < 3; ++m1) {
+                            conv0_b[((((n*4 + i0)*3 + i1)*2 + c)*3 + m0)*3 + m1] = conv0_pad[((n*2 + c)*9 + 2*i0 + m0)*7 + 2*i1 + m1];
+                        }
+                    } /* m0 */
+                } /* c */
+            } /* i1 */
+        } /* i0 */
+    } /* n */
+    /* gemm 3x12x18 x N (batch n); packed conv0~b */
+    if (convc_gemm_f32(2, N, 3, 12, 18, conv0_weight, 0, 18, 1, conv0_b, 216, 1, 18, conv0, 36, 12, 1) != CONVC_OK)
+        return CONVC_ERR_NOMEM;
+    return CONVC_OK;
 }
 
 /* bytes of workspace that convc_conv_stride2_forward needs */
 size_t convc_conv_stride2_forward_workspace(int64_t N)
 {
-    (void)N;
-    return 0;
+    return convc_aligned(sizeof(float) * (size_t)(126*N))
+         + convc_aligned(sizeof(float) * (size_t)(216*N));
 }
 
 /* graph 'conv_stride2': the forward pass; returns a CONVC_* status code
@@ -45,7 +75,17 @@ size_t convc_conv_stride2_forward_workspace(int64_t N)
  */
 int convc_conv_stride2_forward(int64_t N, const float *x, const float *conv0_weight, const float *conv0_bias, float *conv0, void *workspace)
 {
-    (void)workspace; /* no intermediate tensors */
-    convc_conv_stride2_conv0_fwd(N, x, conv0_weight, conv0_bias, conv0);
-    return CONVC_OK;
+    char *scratch = workspace ? workspace : convc_alloc(convc_conv_stride2_forward_workspace(N));
+    if (!scratch)
+        return CONVC_ERR_NOMEM;
+    char *next = scratch;
+    float *conv0_pad = convc_take(&next, sizeof(float) * (size_t)(126*N));
+    float *conv0_b = convc_take(&next, sizeof(float) * (size_t)(216*N));
+    int status = CONVC_OK;
+    if ((status = convc_conv_stride2_conv0_fwd(N, x, conv0_weight, conv0_bias, conv0, conv0_pad, conv0_b)) != CONVC_OK)
+        goto done;
+done:
+    if (!workspace)
+        convc_free(scratch);
+    return status;
 }

@@ -8,24 +8,32 @@
  *   conv0[n, k, i0, i1] = conv0.bias[k] + sum_{c < 1, m0 < 3, m1 < 3} conv0.weight[k, c, m0, m1]*x[n, c, i0 + m0, i1 + m1]   for n < N, k < 2, i0 < 6, i1 < 6  [eq. 9.7]
  * shapes: 'x' (N, 1, 8, 8), 'conv0.weight' (2, 1, 3, 3), 'conv0.bias' (2,) -> (N, 2, 6, 6)
  */
-static void convc_lenet_conv0_fwd(int64_t N, const float *restrict x, const float *restrict conv0_weight, const float *restrict conv0_bias, float *restrict conv0)
+static int convc_lenet_conv0_fwd(int64_t N, const float *restrict x, const float *restrict conv0_weight, const float *restrict conv0_bias, float *restrict conv0, float *restrict conv0_b)
 {
-    #pragma omp parallel for num_threads(2)
     for (int64_t n = 0; n < N; ++n) {
         for (int64_t k = 0; k < 2; ++k) {
             for (int64_t i0 = 0; i0 < 6; ++i0) {
                 for (int64_t i1 = 0; i1 < 6; ++i1) {
-                    float acc = conv0_bias[k];
-                    for (int64_t m0 = 0; m0 < 3; ++m0) {
-                        for (int64_t m1 = 0; m1 < 3; ++m1) {
-                            acc += conv0_weight[(k*3 + m0)*3 + m1]*x[(n*8 + i0 + m0)*8 + i1 + m1];
-                        }
-                    } /* m0 */
-                    conv0[((n*2 + k)*6 + i0)*6 + i1] = acc;
-                } /* i1 */
+                    conv0[((n*2 + k)*6 + i0)*6 + i1] = conv0_bias[k];
+                }
             } /* i0 */
         } /* k */
     } /* n */
+    for (int64_t n = 0; n < N; ++n) {
+        for (int64_t m0 = 0; m0 < 3; ++m0) {
+            for (int64_t m1 = 0; m1 < 3; ++m1) {
+                for (int64_t i0 = 0; i0 < 6; ++i0) {
+                    for (int64_t i1 = 0; i1 < 6; ++i1) {
+                        conv0_b[(((n*3 + m0)*3 + m1)*6 + i0)*6 + i1] = x[(n*8 + i0 + m0)*8 + i1 + m1];
+                    }
+                } /* i0 */
+            } /* m1 */
+        } /* m0 */
+    } /* n */
+    /* gemm 2x36x9 x N (batch n); packed conv0~b */
+    if (convc_gemm_f32(2, N, 2, 36, 9, conv0_weight, 0, 9, 1, conv0_b, 324, 36, 1, conv0, 72, 36, 1) != CONVC_OK)
+        return CONVC_ERR_NOMEM;
+    return CONVC_OK;
 }
 
 /* node 'relu0' (relu) at test_golden.py:43
@@ -83,18 +91,17 @@ static void convc_lenet_flatten0_fwd(int64_t N, const float *restrict pool0, flo
  *   dense0[n, o] = dense0.bias[o] + sum_{f < 18} dense0.weight[o, f]*flatten0[n, f]   for n < N, o < 3
  * shapes: 'flatten0' (N, 18), 'dense0.weight' (3, 18), 'dense0.bias' (3,) -> (N, 3)
  */
-static void convc_lenet_dense0_fwd(int64_t N, const float *restrict flatten0, const float *restrict dense0_weight, const float *restrict dense0_bias, float *restrict dense0)
+static int convc_lenet_dense0_fwd(int64_t N, const float *restrict flatten0, const float *restrict dense0_weight, const float *restrict dense0_bias, float *restrict dense0)
 {
     for (int64_t n = 0; n < N; ++n) {
         for (int64_t o = 0; o < 3; ++o) {
-            float acc = dense0_bias[o];
-            #pragma omp simd reduction(+:acc)
-            for (int64_t f = 0; f < 18; ++f) {
-                acc += dense0_weight[o*18 + f]*flatten0[n*18 + f];
-            }
-            dense0[n*3 + o] = acc;
-        } /* o */
+            dense0[n*3 + o] = dense0_bias[o];
+        }
     } /* n */
+    /* gemm 3xNx18 */
+    if (convc_gemm_f32(2, 1, 3, N, 18, dense0_weight, 0, 18, 1, flatten0, 0, 1, 18, dense0, 0, 1, 3) != CONVC_OK)
+        return CONVC_ERR_NOMEM;
+    return CONVC_OK;
 }
 
 /* node 'softmax_cross_entropy0' (softmax_cross_entropy) at test_golden.py:46
@@ -141,6 +148,7 @@ static void convc_lenet_softmax_cross_entropy0_fwd(int64_t N, const float *restr
 size_t convc_lenet_forward_workspace(int64_t N)
 {
     return convc_aligned(sizeof(float) * (size_t)(72*N))
+         + convc_aligned(sizeof(float) * (size_t)(324*N))
          + convc_aligned(sizeof(float) * (size_t)(72*N))
          + convc_aligned(sizeof(float) * (size_t)(18*N))
          + convc_aligned(sizeof(float) * (size_t)(18*N))
@@ -166,6 +174,7 @@ int convc_lenet_forward(int64_t N, const float *x, const int64_t *labels, const 
         return CONVC_ERR_NOMEM;
     char *next = scratch;
     float *conv0 = convc_take(&next, sizeof(float) * (size_t)(72*N));
+    float *conv0_b = convc_take(&next, sizeof(float) * (size_t)(324*N));
     float *relu0 = convc_take(&next, sizeof(float) * (size_t)(72*N));
     float *pool0 = convc_take(&next, sizeof(float) * (size_t)(18*N));
     float *flatten0 = convc_take(&next, sizeof(float) * (size_t)(18*N));
@@ -173,13 +182,17 @@ int convc_lenet_forward(int64_t N, const float *x, const int64_t *labels, const 
     float *softmax_cross_entropy0_max = convc_take(&next, sizeof(float) * (size_t)(N));
     float *softmax_cross_entropy0_sum = convc_take(&next, sizeof(float) * (size_t)(N));
     float *softmax_cross_entropy0_picked = convc_take(&next, sizeof(float) * (size_t)(N));
-    convc_lenet_conv0_fwd(N, x, conv0_weight, conv0_bias, conv0);
+    int status = CONVC_OK;
+    if ((status = convc_lenet_conv0_fwd(N, x, conv0_weight, conv0_bias, conv0, conv0_b)) != CONVC_OK)
+        goto done;
     convc_lenet_relu0_fwd(N, conv0, relu0);
     convc_lenet_pool0_fwd(N, relu0, pool0);
     convc_lenet_flatten0_fwd(N, pool0, flatten0);
-    convc_lenet_dense0_fwd(N, flatten0, dense0_weight, dense0_bias, dense0);
+    if ((status = convc_lenet_dense0_fwd(N, flatten0, dense0_weight, dense0_bias, dense0)) != CONVC_OK)
+        goto done;
     convc_lenet_softmax_cross_entropy0_fwd(N, dense0, labels, softmax_cross_entropy0_max, softmax_cross_entropy0_sum, softmax_cross_entropy0_picked, softmax_cross_entropy0);
+done:
     if (!workspace)
         convc_free(scratch);
-    return CONVC_OK;
+    return status;
 }
