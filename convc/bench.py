@@ -597,7 +597,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--layers", default=",".join(LAYERS),
                    help=f"comma-separated, of {','.join(LAYERS)} (default: all)")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default: 1,2)")
-    p.add_argument("--passes", default=",".join(PASSES), help="of fwd,grad-in,grad-w (default: all)")
+    p.add_argument("--passes", default=",".join(PASSES),
+                   help="of fwd,grad-in,grad-w (default: all)")
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help=f"of {','.join(SECTIONS)} (default: all)")
     p.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")

@@ -37,6 +37,10 @@ from .ir.comprehension import Comprehension, Dim, Reduction
 MIN_EXTENT = {"m": 1, "n": 8, "k": 8}
 """The least rows, columns and depth per product for which packing pays over direct loops."""
 
+MAX_PACKED = 2**27
+"""The most elements (at a batch of 64) a contraction may pack (512 MB of float): beyond,
+direct loops, which need no memory of their own."""
+
 
 @dataclass(frozen=True)
 class View:
@@ -98,7 +102,8 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], force: bool = False,
                 for r in _roles(comp, a, b, shapes, least)]
     if not variants:
         return None
-    return min(variants, key=lambda r: r.cost(comp, shapes)).parts(comp, shapes, packed)
+    best = min(variants, key=lambda r: r.cost(comp, shapes))
+    return best.parts(comp, shapes, packed) if force or best.pays(comp, shapes) else None
 
 
 def _from_zero(comp: Comprehension) -> Comprehension:
@@ -185,19 +190,35 @@ class _Roles:
     def cost(self, comp: Comprehension, shapes) -> float:
         """A rough time: a packed element costs about 32 multiply-adds (a pass through
         memory), and a multiply-add more when its register tile is part empty or K short."""
-        extents = {d.var: _magnitude(d.stop) for d in comp.variables}
+        m, n, k, macs, packed = self._figures(comp, shapes)
+        fill = m / (-(-m // 8) * 8) * n / (-(-n // 32) * 32) * k / (k + 8)
+        out_coeffs, _ = strides(comp.output, shapes[comp.tensor], [d.var for d in comp.variables])
+        fill *= 1.0 if _last(out_coeffs, self.n) == 1 else 0.5  # C's rows are contiguous
+        return 32 * packed + macs / fill
+
+    def pays(self, comp: Comprehension, shapes) -> bool:
+        """Whether the products beat direct loops, which cost about 32 times a multiply-add
+        in a full tile (96 for a gathered input gradient, whose loops are bounded by its
+        constraints); and never when the packing is huge (the im2col of a large kernel over
+        a large image would take gigabytes)."""
+        _, _, _, macs, packed = self._figures(comp, shapes)
+        direct = (96 if comp.where else 32) * macs
+        return packed <= MAX_PACKED and self.cost(comp, shapes) < direct
+
+    def _figures(self, comp: Comprehension, shapes):
+        """Rows, columns, depth, multiply-adds and packed elements, at a batch of 64."""
+        extents = {d.var: _estimate(d.stop) for d in comp.variables}
         size = lambda group: math.prod(extents[v] for v in group)  # noqa: E731
         m, n, k = size(self.m), size(self.n), size(self.k)
-        fill = m / (-(-m // 8) * 8) * n / (-(-n // 32) * 32) * k / (k + 8)
-        out_coeffs, _ = strides(comp.output, shapes[comp.tensor], list(extents))
-        fill *= 1.0 if _last(out_coeffs, self.n) == 1 else 0.5  # C's rows are contiguous
         macs = m * n * k * size(self.outer) * (extents[self.batch] if self.k_batch else 1)
         packed = 0.0
         for access, rows, cols in ((self.a, self.m, self.k), (self.b, self.k, self.n)):
-            if not _direct(comp, access, rows, cols, shapes):
-                used = _uses(access, extents)
-                packed += size([v for v in (*self.outer, *rows, *cols) if v in used])
-        return 32 * packed + macs / fill
+            used = _uses(access, extents)
+            constrained = any(e.free_symbols & set(extents) <= used for e, _, _ in comp.where)
+            if constrained or not _direct(comp, access, rows, cols, shapes):
+                around = (*self.outer, self.batch) if self.k_batch else self.outer
+                packed += size([v for v in (*around, *rows, *cols) if v in used])
+        return m, n, k, macs, packed
 
     @property
     def k_batch(self) -> bool:
@@ -411,6 +432,12 @@ def _size(group, extents) -> sympy.Expr:
 
 def _number(e) -> int | None:
     return int(e) if sympy.sympify(e).is_number else None
+
+
+def _estimate(e) -> float:
+    """A size for the cost model: the batch (or any size symbol) taken as 64."""
+    e = sympy.sympify(e)
+    return float(e) if e.is_number else float(e.subs({s: 64 for s in e.free_symbols}))
 
 
 def _magnitude(e) -> float:

@@ -307,7 +307,9 @@ def _schedule(step: Step, shapes: dict[str, tuple], algorithm: str, packed: dict
 def _buffers(graph, nodes, comps, grads, seeds, float_type) -> dict[str, Buffer]:
     """Every tensor the C touches, with a unique C identifier, in argument order."""
     reserved = {str(d.var) for c in comps for d in c.variables}
-    reserved |= {str(ACC), str(ARG), "v", "status", "done"} | {str(s) for n in nodes for s in _symbols(n)}
+    # the C's own locals: the accumulator, the argmax, the entry's status and workspace
+    reserved |= {str(ACC), str(ARG), "v", "status", "done", "scratch", "next", "workspace"}
+    reserved |= {str(s) for n in nodes for s in _symbols(n)}
     table = NameTable(reserved)
     ctype = {"float": float_type, "int64": "int64_t", "uint8": "uint8_t"}
     nodes_by_name = {n.name: n for n in nodes}

@@ -8,7 +8,6 @@ reconstruction error, printed per epoch on the training set and on held-out imag
 Needs scikit-learn (``pip install ".[examples]"``).
 """
 
-import numpy as np
 
 import convc
 from convc.train import Adam, fit

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import convc
-from convc.loops import ArgMaxUpdate, Block, Let, Loop, Store, Update
+from convc.loops import Block, Loop, Update
 
 SETTINGS = dict(deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -340,7 +340,8 @@ def test_sanitized_build_runs_and_catches_out_of_bounds(cache):
     found = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True, text=True)
     libasan = found.stdout.strip()
     if not os.path.isabs(libasan) or not os.path.exists(libasan):
-        pytest.skip("the C compiler has no libasan to preload")
+        pytest.fail(f"{cc} -print-file-name=libasan.so printed {libasan!r}: the sanitizer "
+                    "tests need the compiler's AddressSanitizer runtime")
     env = child_env(cache, LD_PRELOAD=libasan, ASAN_OPTIONS="detect_leaks=0")
     code = child_code(sanitize=True)
     good = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)

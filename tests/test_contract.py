@@ -76,8 +76,19 @@ def test_what_is_not_a_worthwhile_contraction_stays_direct(build):
 
 
 def test_depthwise_is_one_row_per_group_and_image():
-    (gemm,) = gemms(convc.lower(conv_graph(cin=16, channels=16, groups=16)))
+    """As products, one row of depth 9 per group: direct loops by default, which cost less."""
+    depthwise = conv_graph(cin=16, channels=16, groups=16)
+    assert gemms(convc.lower(depthwise)) == []
+    (gemm,) = gemms(convc.lower(depthwise, algorithm="gemm"))
     assert gemm.m == 1 and gemm.k == 9 and [str(d.var) for d in gemm.outer] == ["g"]
+
+
+def test_packing_that_would_take_gigabytes_stays_direct():
+    g = convc.Graph("blur")
+    x = g.input("x", (1, 1, 1024, 1024))
+    g.output(g.conv(x, channels=1, kernel=31, padding=15, bias=False))
+    lowered = convc.lower(g, grad=["x", "conv0.weight"])  # lowered, never run
+    assert all(not any(isinstance(p, Gemm) for p in parts) for parts in lowered.parts.values())
 
 
 def test_small_contractions_stay_direct_unless_forced():

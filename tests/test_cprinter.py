@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from hypothesis import strategies as st
 from convc.codegen.cprinter import CPrinter, print_c
 
 RUNTIME = Path(__file__).resolve().parents[1] / "runtime"
-needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 
 i, j, k = (sympy.Symbol(s, integer=True) for s in "ijk")
 n, c, i0 = (sympy.Symbol(s, integer=True, nonnegative=True) for s in ("n", "c", "i0"))
@@ -199,7 +197,6 @@ HAND_CASES = [
 ]
 
 
-@needs_gcc
 def test_integer_helpers_match_python(tmp_path):
     check_integer_cases(HAND_CASES, tmp_path)
 
@@ -224,7 +221,6 @@ case_args = st.tuples(st.sampled_from(["floor", "ceiling", "mod", "max", "min"])
                       st.integers(-20, 20), st.integers(1, 7) | st.integers(-7, -1))
 
 
-@needs_gcc
 @settings(max_examples=5, deadline=None)
 @given(st.lists(case_args, min_size=10, max_size=10))
 def test_random_affine_cases_match_python(tmp_path_factory, args):
@@ -232,7 +228,6 @@ def test_random_affine_cases_match_python(tmp_path_factory, args):
     check_integer_cases([affine_case(*a) for a in args], tmp)
 
 
-@needs_gcc
 def test_flattened_access_matches_numpy(tmp_path):
     shape = (N, 3, 5)
     read = print_c(X[n, c, i0], buffers={"x": ("xb", shape)})
@@ -266,7 +261,6 @@ FLOAT_CASES = [
 ]
 
 
-@needs_gcc
 @pytest.mark.parametrize("dtype, ctype, rtol", [("float32", "float", 1e-5),
                                                 ("float64", "double", 1e-12)])
 def test_float_bodies_match_sympy(tmp_path, dtype, ctype, rtol):
@@ -286,7 +280,6 @@ def test_float_bodies_match_sympy(tmp_path, dtype, ctype, rtol):
             assert float(next(got)) == pytest.approx(want, rel=rtol, abs=1e-30), (e, xv, a, b)
 
 
-@needs_gcc
 def test_float_max_and_min_keep_nan(tmp_path):
     exprs = [sympy.Max(x, 0), sympy.Max(0, x, acc), sympy.Min(x, 1)]
     funcs = [f"static float h{m}(float x, float acc) {{ (void)acc; return {print_c(e)}; }}"

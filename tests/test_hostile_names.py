@@ -75,8 +75,7 @@ def check_source(source: str, user_strings: list[str]) -> None:
 def compile_strictly(source: str, tmp_path) -> None:
     """The source under ``-Wall -Wshadow -Werror`` (``-Wall`` warns of ``/*`` in a comment)."""
     cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("needs a C compiler")
+    assert cc is not None, "a C compiler (cc or gcc) is needed, as for every module"
     path = tmp_path / "hostile.c"
     path.write_text(source, encoding="utf-8")
     command = [cc, "-std=c99", "-fsyntax-only", "-Wall", "-Wshadow", "-Werror",
@@ -247,3 +246,20 @@ def test_a_node_named_like_a_loss_scratch_tensor():
     logp = np.log(softmax(r))
     np.testing.assert_allclose(net(x=xs, **{"loss.picked": ys}),
                                -logp[np.arange(4), ys].mean(), rtol=1e-5)
+
+
+def test_nodes_named_like_the_entry_points_locals():
+    """The entry point declares ``scratch``, ``next``, ``status`` and takes ``workspace``;
+    intermediate tensors of those names get other identifiers."""
+    g = convc.Graph("locals")
+    x = g.input("x", (None, 2, 6, 6))
+    h = g.relu(g.conv(x, channels=4, kernel=3, padding=1, name="scratch"), name="next")
+    h = g.max_pool(g.tanh(h, name="status"), 2, name="workspace")
+    g.output(g.mean_squared_error(h, g.input("t", (None, 4, 3, 3)), name="done"))
+    net = convc.compile(g, grad=True)
+    params = net.init_params(seed=0)
+    rng = np.random.default_rng(1)
+    loss, grads = net(x=rng.standard_normal((2, 2, 6, 6)).astype(np.float32),
+                      t=np.zeros((2, 4, 3, 3), np.float32), **params)
+    assert np.isfinite(loss) and loss > 0
+    assert set(grads) == set(params)
