@@ -37,8 +37,8 @@ from .ir.comprehension import Comprehension, Dim, Reduction
 MIN_EXTENT = {"m": 1, "n": 8, "k": 8}
 """The least rows, columns and depth per product for which packing pays over direct loops."""
 
-MAX_PACKED = 2**27
-"""The most elements (at a batch of 64) a contraction may pack (512 MB of float): beyond,
+MAX_PACKED = 2**28
+"""The most elements (at a batch of 64) a contraction may pack (1 GiB of float): beyond,
 direct loops, which need no memory of their own."""
 
 
