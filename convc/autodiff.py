@@ -234,11 +234,16 @@ def _check_accumulates(comp: Comprehension) -> None:
 
 
 def _argmax(comp: Comprehension, names: Names) -> Comprehension:
-    """Where the first maximum of each window is: the gradient of a max goes there only."""
+    """Where the first maximum of each window is: the gradient of a max goes there only.
+
+    Kept in one byte when the window has at most 255 cells (-1, no maximum, becomes 255,
+    which no cell's position equals), else in int64."""
     index = sympy.IndexedBase(names(f"{comp.tensor}.argmax"))[comp.output.indices]
+    cells = sympy.Mul(*[d.extent for d in comp.reduced])
+    small = cells.is_number and cells <= 255
     return Comprehension(output=index, free=comp.free, reduced=comp.reduced,
                          reduction=Reduction.ARGMAX, body=comp.body, fill=comp.fill,
-                         equation=comp.equation)
+                         equation=comp.equation, dtype="uint8" if small else None)
 
 
 def _tensors_needing_grad(comps, seeds: set[str], wrt: set[str]) -> set[str]:

@@ -8,20 +8,22 @@ matrix products once its variables are sorted by where they occur:
 * **K** (depth): the reduced variables, which both must read;
 * **outer**: the other free variables (a group ``g`` that both read, or an image ``n``
   whose rows and columns do not collapse to one stride in the output), looped around the
-  product; one of them becomes the product's batch.
+  product; one of them becomes the product's batch. A reduced variable can be the batch
+  too (the images of a kernel gradient): the products then add into one C.
 
 Every affine access is a strided view of its tensor: the flat offset is
 ``Σ coefficient·variable + constant``. An operand is used in place when its row and column
 variables each collapse to a single stride and it provably stays inside its tensor;
-otherwise it is *packed*: a comprehension copies it, with the fill value (0) where it reads
-outside and where a ``where`` constraint fails, into a matrix of its own. For a convolution
-the packed input is the im2col matrix of the forward pass and of g (9.11), and the packed
+otherwise it is *packed*: a comprehension copies it into a matrix of its own, reading a
+padded copy of the tensor (made once, with the fill value 0 around it) where the access can
+leave it, so that the packing copies whole rows with no test. For a convolution the packed
+input is the im2col matrix of the forward pass, which g (9.11) reads again, and the packed
 output gradient is the gather form of h (9.13); the kernel is used in place. Nothing here
 knows which op it is.
 
 `plan` returns the comprehensions to run (the initial values, the packs) and the `Gemm`
 that the runtime's ``convc_gemm_*`` computes, or None when the comprehension is not a
-contraction or too small to gain from it.
+contraction, or a rough cost model says direct loops are cheaper.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ from dataclasses import dataclass, replace
 
 import sympy
 
-from .ir.affine import affine_terms, index_range, is_proven
+from .ir.affine import index_range, is_proven, strides
 from .ir.comprehension import Comprehension, Dim, Reduction
+
+ALGORITHMS = ("auto", "gemm", "direct")
+"""How contractions run: chosen by cost, always as products where possible, or never."""
 
 MIN_EXTENT = {"m": 1, "n": 8, "k": 8}
 """The least rows, columns and depth per product for which packing pays over direct loops."""
@@ -67,10 +72,6 @@ class Gemm:
     a: View
     b: View
     c: View
-
-    @property
-    def tensors(self) -> tuple[str, str, str]:
-        return self.a.tensor, self.b.tensor, self.c.tensor
 
     def describe(self) -> str:
         batch = f" x {self.batch.extent} (batch {self.batch.var})" if self.batch else ""
@@ -148,15 +149,6 @@ def _operands(comp: Comprehension):
 
 def _uses(access: sympy.Indexed, variables) -> set:
     return {v for v in variables if any(i.has(v) for i in access.indices)}
-
-
-def strides(access: sympy.Indexed, shape, variables) -> tuple[dict, sympy.Expr]:
-    """The flat row-major offset of ``access`` as ``({var: stride}, constant)``."""
-    flat, step = sympy.Integer(0), sympy.Integer(1)
-    for idx, size in reversed(list(zip(access.indices, shape))):
-        flat += idx * step
-        step *= size
-    return affine_terms(flat, variables)
 
 
 def _collapses(group: list, coeffs: dict, extents: dict) -> bool:

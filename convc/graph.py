@@ -18,6 +18,7 @@ from typing import Any
 
 import networkx as nx
 
+from .contract import ALGORITHMS
 from .errors import GraphError
 from .ops import Op, OpContext, fmt
 from .ops.activation import Relu, Sigmoid, Tanh
@@ -44,6 +45,7 @@ class Node:
     shape: tuple[Any, ...]
     dtype: str
     source: str
+    algorithm: str | None = None  # how its contractions run, if not the module's choice
 
     @property
     def is_source(self) -> bool:
@@ -167,6 +169,7 @@ class Graph:
         bias: bool = True,
         weight: Tensor | None = None,
         name: str | None = None,
+        algorithm: str | None = None,
     ) -> Tensor:
         """Convolution (cross-correlation, equation 9.7) over 1, 2 or 3 spatial axes.
 
@@ -175,8 +178,10 @@ class Graph:
         stride 1 (the odd cell of an even kernel's padding goes after); at stride ``s`` it
         gives ``ceil(size / s)`` outputs, as TensorFlow does. ``weight`` reuses an
         existing parameter instead of creating ``<node>.weight`` (shared weights).
+        ``algorithm`` (``"gemm"``, ``"direct"`` or ``"auto"``) overrides, for this node and
+        its gradients, the module's choice of how they run (see `convc.lower`).
         """
-        return self._layer(Conv, (x,), name, {"weight": weight}, channels=channels,
+        return self._layer(Conv, (x,), name, {"weight": weight}, algorithm, channels=channels,
                            kernel=kernel, stride=stride,
                            padding=padding, dilation=dilation, groups=groups, bias=bias)
 
@@ -194,6 +199,7 @@ class Graph:
         output_size=None,
         weight: Tensor | None = None,
         name: str | None = None,
+        algorithm: str | None = None,
     ) -> Tensor:
         """Transposed convolution (section 9.5): the input gradient of the convolution with
         the same kernel, stride, dilation, padding and groups, as a layer.
@@ -202,8 +208,10 @@ class Graph:
         ``(size - 1)·stride - padding + dilation·(kernel - 1) + 1 + output_padding`` cells
         per axis; ``output_size`` gives it directly instead of ``output_padding``.
         ``weight`` reuses a parameter (a convolution's, for the tied autoencoder of 9.14).
+        ``algorithm`` as for `conv`.
         """
-        return self._layer(ConvTranspose, (x,), name, {"weight": weight}, channels=channels,
+        return self._layer(ConvTranspose, (x,), name, {"weight": weight}, algorithm,
+                           channels=channels,
                            kernel=kernel,
                            stride=stride, padding=padding, dilation=dilation, groups=groups,
                            bias=bias, output_padding=output_padding, output_size=output_size)
@@ -251,9 +259,10 @@ class Graph:
         """``(N, C, ...)`` to ``(N, C * ...)``, in row-major order."""
         return self._layer(Flatten, (x,), name)
 
-    def dense(self, x: Tensor, units: int, bias: bool = True, name: str | None = None):
+    def dense(self, x: Tensor, units: int, bias: bool = True, name: str | None = None,
+              algorithm: str | None = None):
         """Fully connected layer ``y = x W^T + b`` on ``(N, features)``."""
-        return self._layer(Dense, (x,), name, units=units, bias=bias)
+        return self._layer(Dense, (x,), name, None, algorithm, units=units, bias=bias)
 
     def softmax(self, x: Tensor, name: str | None = None) -> Tensor:
         """Softmax over axis 1 (the channels), at every other index."""
@@ -270,17 +279,21 @@ class Graph:
     # -- internals -------------------------------------------------------------------------
 
     def _layer(self, cls: type[Op], args: tuple[Tensor, ...], name: str | None,
-               shared: dict[str, Tensor | None] | None = None, **attrs):
+               shared: dict[str, Tensor | None] | None = None, algorithm: str | None = None,
+               **attrs):
         """Build an op from the user's arguments, create its parameters, add its node.
 
         ``shared`` maps a parameter role (``"weight"``) to an existing parameter to use
-        instead of a new one: weight sharing, whose gradients add up.
+        instead of a new one: weight sharing, whose gradients add up. ``algorithm``
+        overrides, for this node, how the module runs its contractions.
         """
         name = self._fresh_name(cls.kind) if name is None else name
         self._check_name(name)
         for t in args:
             self._check_tensor(t, f"node {name!r} ({cls.kind})")
         ctx = self._context(name, args)
+        if algorithm is not None and algorithm not in ALGORITHMS:
+            raise ctx.error(f"algorithm must be one of {ALGORITHMS}, found {algorithm!r}")
         op = cls.from_args(ctx, **attrs)
         specs = op.parameters(ctx)  # validates the inputs before anything is added
         given = {role: t for role, t in (shared or {}).items() if t is not None}
@@ -301,7 +314,7 @@ class Graph:
             self._insert(Node(params[-1], Param(fan_in=spec.fan_in), (), spec.shape, "float",
                               ctx.source))
         inputs = tuple(t.name for t in args) + tuple(params)
-        return self._insert(Node(name, op, inputs, shape, dtype, ctx.source))
+        return self._insert(Node(name, op, inputs, shape, dtype, ctx.source, algorithm))
 
     def _check_shared(self, ctx: OpContext, spec, tensor) -> None:
         self._check_tensor(tensor, f"{spec.role} of {ctx.name}")

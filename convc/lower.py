@@ -18,7 +18,7 @@ from dataclasses import replace
 import sympy
 
 from .errors import DerivationError
-from .ir.affine import affine_terms, index_range, is_proven, solve_inside
+from .ir.affine import affine_terms, index_range, is_proven, solve_inside, strides
 from .ir.comprehension import ACC, ARG, Comprehension, Dim, Reduction, row_major
 from .loops import ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Stmt, Store, Update
 from .ops import BATCH
@@ -246,8 +246,8 @@ def _bordered(comp: Comprehension, bounds, access, unsafe, fill) -> tuple[Stmt, 
 
     Each axis that can leave is solved for its innermost free variable, whose loop then
     runs in three parts: the border before (storing what the body is with the fill read),
-    the interior (reading), and the border after. This is im2col with zero padding and
-    no branch per element; None when an index has no such variable.
+    the interior (reading), and the border after: a zero-padded copy with no branch per
+    element. None when an index has no such variable.
     """
     order = [d.var for d in comp.free]
     split: dict[sympy.Symbol, list] = {}
@@ -288,13 +288,9 @@ def _contiguous(comp: Comprehension, shapes) -> bool:
     if extent.is_number and extent < 16:
         return False  # too short to fill a vector
     v = comp.reduced[-1].var
-    for a in comp.body.atoms(sympy.Indexed):
-        flat, step = sympy.Integer(0), sympy.Integer(1)
-        for idx, size in reversed(list(zip(a.indices, shapes[str(a.base.label)]))):
-            flat, step = flat + idx * step, step * size
-        if sympy.expand(flat).coeff(v) not in (0, 1):
-            return False
-    return True
+    steps = [strides(a, shapes[str(a.base.label)], [v])[0].get(v, 0)
+             for a in comp.body.atoms(sympy.Indexed)]
+    return all(step in (0, 1) for step in steps)
 
 
 def _nest(comp: Comprehension, bounds, guards, contiguous: bool = False) -> tuple[Stmt, ...]:

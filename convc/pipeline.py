@@ -23,13 +23,12 @@ from .ir.affine import index_range
 from .ir.comprehension import ACC, ARG, Comprehension, Reduction
 from .loops import Kernel
 from .autodiff import Names, derive
-from .contract import Part, plan
+from .contract import ALGORITHMS, Part, plan
 from .lower import lower_node
 from .ops import fmt
 from .ops.source import Input, Param
 
 DTYPES = {"float32": "float", "float64": "double"}
-ALGORITHMS = ("auto", "gemm", "direct")
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,8 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
 
     ``algorithm`` says how contractions (convolutions, their gradients, dense layers) run:
     ``"auto"`` packs them into matrix products where that pays and loops directly
-    elsewhere, ``"gemm"`` packs every one it can, ``"direct"`` none.
+    elsewhere, ``"gemm"`` packs every one it can, ``"direct"`` none; a layer's own
+    ``algorithm=`` overrides it for that node and its gradients.
 
     ``num_threads`` (default: the cores this process may use) shares the large loops and
     the matrix products' batches among threads; results do not depend on it beyond the
@@ -159,7 +159,9 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
     parts, packed = {}, {}
     for step in steps:
         with _stage("schedule", timings, step.node):
-            parts[step] = _schedule(step, shapes, algorithm, packed)
+            node = graph.node(step.node) if step.role != "start" else None
+            chosen = node.algorithm if node is not None and node.algorithm else algorithm
+            parts[step] = _schedule(step, shapes, chosen, packed)
     with _stage("buffers", timings):
         comps = [c for p in parts.values() for c in p if isinstance(c, Comprehension)]
         buffers = _buffers(graph, nodes, comps, grads, seeds, DTYPES[dtype])

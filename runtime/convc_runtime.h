@@ -25,10 +25,12 @@ const char *convc_error_message(int code);
 void *convc_alloc(size_t bytes);
 void convc_free(void *p);
 
-/* A workspace holds the intermediate tensors one after the other, each aligned. */
+/* A workspace holds the intermediate tensors one after the other, each aligned; the ones
+ * that a single step uses alone share a stretch with the other steps' own. */
 static inline size_t convc_aligned(size_t bytes) {
     return (bytes + CONVC_ALIGNMENT - 1) / CONVC_ALIGNMENT * CONVC_ALIGNMENT;
 }
+static inline size_t convc_max_size(size_t a, size_t b) { return a > b ? a : b; }
 static inline void *convc_take(char **next, size_t bytes) {
     void *p = *next;
     *next += convc_aligned(bytes);

@@ -166,3 +166,19 @@ def test_a_padded_input_is_copied_once_then_packed_without_bounds():
     step = next(s for s in lowered.steps if s.node == "conv0" and s.role == "fwd")
     body = function(lowered.source, lowered.functions[step])
     assert "for (int64_t i1 = 0; i1 < 8; ++i1)" in body  # whole rows, constant bounds
+
+
+def test_a_layer_can_choose_its_own_algorithm():
+    g = convc.Graph("mixed")
+    x = g.input("x", (None, 16, 8, 8))
+    h = g.conv(x, channels=32, kernel=3, padding=1, algorithm="direct")
+    g.output(g.conv(h, channels=32, kernel=3, padding=1))
+    lowered = convc.lower(g, grad=True)
+    by_node = {}
+    for step, parts in lowered.parts.items():
+        if step.role != "start":
+            by_node.setdefault(step.node, []).extend(p for p in parts if isinstance(p, Gemm))
+    assert by_node["conv0"] == [] and by_node["conv1"]  # its gradients follow it too
+    assert convc.lower(g, algorithm="gemm").parts  # the module's choice for the others
+    with pytest.raises(convc.GraphError, match="conv2.*algorithm must be one of"):
+        g.conv(x, channels=4, kernel=3, algorithm="winograd-please")

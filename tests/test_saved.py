@@ -47,3 +47,27 @@ def test_masked_relu_gradient_matches_numpy():
     dz = 2 * (np.maximum(z, 0) - t) / t.size * (z > 0)
     np.testing.assert_allclose(grads["conv0.weight"],
                                np.einsum("nkij,ncijab->kcab", dz, windows), rtol=1e-10)
+
+
+def test_max_pool_keeps_its_argmax_in_a_byte_when_the_window_allows():
+    g = convc.Graph("argmax")
+    x = g.input("x", (None, 2, 16, 16))
+    small = g.max_pool(x, 2)
+    g.output(g.add(g.global_max_pool(small), g.global_max_pool(x)))
+    lowered = convc.lower(g, grad=["x"])
+    assert lowered.buffers["pool0.argmax"].ctype == "uint8_t"  # 4 cells
+    assert lowered.buffers["global_pool1.argmax"].ctype == "int64_t"  # 256: 255 is "none"
+    net = convc.compile(g, "float64", grad=["x"])
+    xs = np.random.default_rng(2).standard_normal((2, 2, 16, 16))
+    _, grads = net(x=xs, **{"grad:add0": np.ones((2, 2))})
+    windows = xs.reshape(2, 2, 8, 2, 8, 2).transpose(0, 1, 2, 4, 3, 5).reshape(2, 2, 64, 4)
+    pooled = windows.max(axis=3)
+    expected = np.zeros_like(xs)  # the global max of the pooled map, and of x
+    n, c = np.indices((2, 2))
+    cell = pooled.reshape(2, 2, 64).argmax(axis=2)
+    pick = windows.reshape(2, 2, 64, 4)[n, c, cell].argmax(axis=2)
+    i0, i1 = cell // 8 * 2 + pick // 2, cell % 8 * 2 + pick % 2
+    expected[n, c, i0, i1] += 1
+    flat = xs.reshape(2, 2, 256).argmax(axis=2)
+    expected[n, c, flat // 16, flat % 16] += 1
+    np.testing.assert_array_equal(grads["x"], expected)

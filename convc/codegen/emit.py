@@ -124,6 +124,14 @@ def _emit_gemm(gemm: Gemm, printer: CPrinter, buffers, indent: str, threads: int
             f"{indent}if ({call} != CONVC_OK)", f"{indent}{INDENT}return CONVC_ERR_NOMEM;"]
 
 
+def _own_temps(temps: list[Buffer], calls) -> list[list[Buffer]]:
+    """Per call, the intermediate tensors no other call touches (a step's packing): they
+    share one stretch of the workspace with the other steps' own."""
+    users = {b.name: [i for i, (_, args, _) in enumerate(calls) if b.cname in args]
+             for b in temps}
+    return [[b for b in temps if users[b.name] == [i]] for i in range(len(calls))]
+
+
 def emit_entry(fname: str, header: list[str], calls: list[tuple[str, list[str], bool]],
                buffers: dict[str, Buffer], printer: CPrinter) -> tuple[str, str]:
     """The module's entry point, the function sizing its workspace, and their prototypes.
@@ -140,12 +148,25 @@ def emit_entry(fname: str, header: list[str], calls: list[tuple[str, list[str], 
     params = parameter_list(sizes, reads, writes, buffers, restrict=False)
     params = (params + ", " if params != "void" else "") + "void *workspace"
     size_params = ", ".join(f"int64_t {s}" for s in sizes) or "void"
-    nbytes = [f"sizeof({b.ctype}) * (size_t)({printer.doprint_int(b.size)})" for b in temps]
-    total = f"\n{INDENT}     + ".join(f"convc_aligned({n})" for n in nbytes) or "0"
-    unused = [] if temps else [f"{INDENT}(void){s};" for s in sizes]
-    sizer = [f"/* bytes of workspace that {fname} needs */",
-             f"size_t {fname}_workspace({size_params})", "{", *unused,
-             f"{INDENT}return {total};", "}"]
+    nbytes = {b.name: f"sizeof({b.ctype}) * (size_t)({printer.doprint_int(b.size)})"
+              for b in temps}
+    own = _own_temps(temps, calls)
+    kept = [b for b in temps if not any(b in mine for mine in own)]
+    sizer = [f"/* bytes of workspace that {fname} needs: the tensors kept from step to step,",
+             " * then the largest set that one step uses alone */",
+             f"size_t {fname}_workspace({size_params})", "{"]
+    if not temps:
+        sizer += [f"{INDENT}(void){s};" for s in sizes] + [f"{INDENT}return 0;", "}"]
+    else:
+        total = f"\n{INDENT}    + ".join(f"convc_aligned({nbytes[b.name]})" for b in kept) or "0"
+        if not any(own):
+            sizer += [f"{INDENT}return {total};", "}"]
+        else:
+            sizer += [f"{INDENT}size_t kept = {total};", f"{INDENT}size_t alone = 0;"]
+            for mine in (m for m in own if m):
+                step = " + ".join(f"convc_aligned({nbytes[b.name]})" for b in mine)
+                sizer.append(f"{INDENT}alone = convc_max_size(alone, {step});")
+            sizer += [f"{INDENT}return kept + alone;", "}"]
     comment = "\n".join(f" * {c_comment(line)}".rstrip() for line in header)
     lines = [f"/*{comment[2:]}\n */", f"int {fname}({params})", "{"]
     if temps:
@@ -154,14 +175,21 @@ def emit_entry(fname: str, header: list[str], calls: list[tuple[str, list[str], 
                   f"convc_alloc({fname}_workspace({size_args}));",
                   f"{INDENT}if (!scratch)", f"{INDENT}{INDENT}return CONVC_ERR_NOMEM;",
                   f"{INDENT}char *next = scratch;"]
-        lines += [f"{INDENT}{b.ctype} *{b.cname} = convc_take(&next, {n});"
-                  for b, n in zip(temps, nbytes)]
+        lines += [f"{INDENT}{b.ctype} *{b.cname} = convc_take(&next, {nbytes[b.name]});"
+                  for b in kept]
+        if any(own):
+            lines += [f"{INDENT}/* each step's own tensors, one step at a time */",
+                      f"{INDENT}char *alone = next;"]
     else:
         lines.append(f"{INDENT}(void)workspace; /* no intermediate tensors */")
     checked = any(fails for _, _, fails in calls)
     if checked:
         lines.append(f"{INDENT}int status = CONVC_OK;")
-    for name, args, fails in calls:
+    for (name, args, fails), mine in zip(calls, own):
+        if mine:
+            lines.append(f"{INDENT}next = alone;")
+            lines += [f"{INDENT}{b.ctype} *{b.cname} = convc_take(&next, {nbytes[b.name]});"
+                      for b in mine]
         call = f"{name}({', '.join(args)})"
         if fails:
             lines += [f"{INDENT}if ((status = {call}) != CONVC_OK)",

@@ -38,6 +38,16 @@ def affine_terms(expr: sympy.Expr, variables) -> tuple[dict[sympy.Symbol, sympy.
     return coeffs, constant
 
 
+def strides(access: sympy.Indexed, shape, variables) -> tuple[dict, sympy.Expr]:
+    """The flat row-major offset of ``access`` into a tensor of ``shape``, as
+    ``({var: stride}, constant)``: every affine access is a strided view."""
+    flat, step = sympy.Integer(0), sympy.Integer(1)
+    for idx, size in reversed(list(zip(access.indices, shape))):
+        flat += idx * step
+        step *= size
+    return affine_terms(flat, variables)
+
+
 def index_range(expr: sympy.Expr, extents: dict[sympy.Symbol, sympy.Expr]):
     """The least and greatest value of an affine ``expr`` with each ``v`` in [0, extent)."""
     coeffs, lo = affine_terms(expr, list(extents))

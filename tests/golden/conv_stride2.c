@@ -60,11 +60,14 @@ static int convc_conv_stride2_conv0_fwd(int64_t N, const float *restrict x, cons
     return CONVC_OK;
 }
 
-/* bytes of workspace that convc_conv_stride2_forward needs */
+/* bytes of workspace that convc_conv_stride2_forward needs: the tensors kept from step to step,
+ * then the largest set that one step uses alone */
 size_t convc_conv_stride2_forward_workspace(int64_t N)
 {
-    return convc_aligned(sizeof(float) * (size_t)(126*N))
-         + convc_aligned(sizeof(float) * (size_t)(216*N));
+    size_t kept = 0;
+    size_t alone = 0;
+    alone = convc_max_size(alone, convc_aligned(sizeof(float) * (size_t)(126*N)) + convc_aligned(sizeof(float) * (size_t)(216*N)));
+    return kept + alone;
 }
 
 /* graph 'conv_stride2': the forward pass; returns a CONVC_* status code
@@ -79,9 +82,12 @@ int convc_conv_stride2_forward(int64_t N, const float *x, const float *conv0_wei
     if (!scratch)
         return CONVC_ERR_NOMEM;
     char *next = scratch;
+    /* each step's own tensors, one step at a time */
+    char *alone = next;
+    int status = CONVC_OK;
+    next = alone;
     float *conv0_pad = convc_take(&next, sizeof(float) * (size_t)(126*N));
     float *conv0_b = convc_take(&next, sizeof(float) * (size_t)(216*N));
-    int status = CONVC_OK;
     if ((status = convc_conv_stride2_conv0_fwd(N, x, conv0_weight, conv0_bias, conv0, conv0_pad, conv0_b)) != CONVC_OK)
         goto done;
 done:

@@ -144,18 +144,19 @@ static void convc_lenet_softmax_cross_entropy0_fwd(int64_t N, const float *restr
     }
 }
 
-/* bytes of workspace that convc_lenet_forward needs */
+/* bytes of workspace that convc_lenet_forward needs: the tensors kept from step to step,
+ * then the largest set that one step uses alone */
 size_t convc_lenet_forward_workspace(int64_t N)
 {
-    return convc_aligned(sizeof(float) * (size_t)(72*N))
-         + convc_aligned(sizeof(float) * (size_t)(324*N))
-         + convc_aligned(sizeof(float) * (size_t)(72*N))
-         + convc_aligned(sizeof(float) * (size_t)(18*N))
-         + convc_aligned(sizeof(float) * (size_t)(18*N))
-         + convc_aligned(sizeof(float) * (size_t)(3*N))
-         + convc_aligned(sizeof(float) * (size_t)(N))
-         + convc_aligned(sizeof(float) * (size_t)(N))
-         + convc_aligned(sizeof(float) * (size_t)(N));
+    size_t kept = convc_aligned(sizeof(float) * (size_t)(72*N))
+        + convc_aligned(sizeof(float) * (size_t)(72*N))
+        + convc_aligned(sizeof(float) * (size_t)(18*N))
+        + convc_aligned(sizeof(float) * (size_t)(18*N))
+        + convc_aligned(sizeof(float) * (size_t)(3*N));
+    size_t alone = 0;
+    alone = convc_max_size(alone, convc_aligned(sizeof(float) * (size_t)(324*N)));
+    alone = convc_max_size(alone, convc_aligned(sizeof(float) * (size_t)(N)) + convc_aligned(sizeof(float) * (size_t)(N)) + convc_aligned(sizeof(float) * (size_t)(N)));
+    return kept + alone;
 }
 
 /* graph 'lenet': the forward pass; returns a CONVC_* status code
@@ -174,15 +175,15 @@ int convc_lenet_forward(int64_t N, const float *x, const int64_t *labels, const 
         return CONVC_ERR_NOMEM;
     char *next = scratch;
     float *conv0 = convc_take(&next, sizeof(float) * (size_t)(72*N));
-    float *conv0_b = convc_take(&next, sizeof(float) * (size_t)(324*N));
     float *relu0 = convc_take(&next, sizeof(float) * (size_t)(72*N));
     float *pool0 = convc_take(&next, sizeof(float) * (size_t)(18*N));
     float *flatten0 = convc_take(&next, sizeof(float) * (size_t)(18*N));
     float *dense0 = convc_take(&next, sizeof(float) * (size_t)(3*N));
-    float *softmax_cross_entropy0_max = convc_take(&next, sizeof(float) * (size_t)(N));
-    float *softmax_cross_entropy0_sum = convc_take(&next, sizeof(float) * (size_t)(N));
-    float *softmax_cross_entropy0_picked = convc_take(&next, sizeof(float) * (size_t)(N));
+    /* each step's own tensors, one step at a time */
+    char *alone = next;
     int status = CONVC_OK;
+    next = alone;
+    float *conv0_b = convc_take(&next, sizeof(float) * (size_t)(324*N));
     if ((status = convc_lenet_conv0_fwd(N, x, conv0_weight, conv0_bias, conv0, conv0_b)) != CONVC_OK)
         goto done;
     convc_lenet_relu0_fwd(N, conv0, relu0);
@@ -190,6 +191,10 @@ int convc_lenet_forward(int64_t N, const float *x, const int64_t *labels, const 
     convc_lenet_flatten0_fwd(N, pool0, flatten0);
     if ((status = convc_lenet_dense0_fwd(N, flatten0, dense0_weight, dense0_bias, dense0)) != CONVC_OK)
         goto done;
+    next = alone;
+    float *softmax_cross_entropy0_max = convc_take(&next, sizeof(float) * (size_t)(N));
+    float *softmax_cross_entropy0_sum = convc_take(&next, sizeof(float) * (size_t)(N));
+    float *softmax_cross_entropy0_picked = convc_take(&next, sizeof(float) * (size_t)(N));
     convc_lenet_softmax_cross_entropy0_fwd(N, dense0, labels, softmax_cross_entropy0_max, softmax_cross_entropy0_sum, softmax_cross_entropy0_picked, softmax_cross_entropy0);
 done:
     if (!workspace)

@@ -50,7 +50,8 @@ static void convc_pools_pool1_fwd(int64_t N, const float *restrict pool0, float 
     } /* n */
 }
 
-/* bytes of workspace that convc_pools_forward needs */
+/* bytes of workspace that convc_pools_forward needs: the tensors kept from step to step,
+ * then the largest set that one step uses alone */
 size_t convc_pools_forward_workspace(int64_t N)
 {
     return convc_aligned(sizeof(float) * (size_t)(40*N));
