@@ -13,6 +13,7 @@ the comprehension, never off the op:
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import sympy
@@ -35,11 +36,54 @@ def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple]) -> tuple[
     of its free variables is written by one iteration only, so they never race.
     """
     comp = _collapse(_fold_single_points(comp), shapes)
-    nest = _serial_nest(comp, shapes)
+    passes = _reduction_outside(comp, shapes) or [comp]
+    nest = tuple(s for c in passes for s in _serial_nest(c, shapes))
     if not comp.free or _work(comp) < PARALLEL_WORK:
         return nest
+    if len(passes) > 1 and len(comp.free) == 1:
+        return nest  # the accumulating pass's outer loop is a reduced variable
     return tuple(replace(s, kind=LoopKind.PARALLEL) if isinstance(s, Loop) else s
                  for s in nest)
+
+
+SHORT_REDUCTION = 64
+"""The most points a reduction may have to be moved outside the innermost free loop."""
+
+
+def _reduction_outside(comp: Comprehension, shapes) -> list[Comprehension] | None:
+    """A short sum or max over a window (pooling, a depthwise kernel) as passes whose
+    innermost loop is the output's contiguous axis, which vectorises: the output starts at
+    the initial value, each window point adds (or maxes) a whole row into it, then ``final``
+    (an average's division) applies. None when the comprehension is not of that shape."""
+    if comp.reduction not in (Reduction.SUM, Reduction.MAX) or comp.where or not comp.free:
+        return None
+    if not all(d.start == 0 and sympy.sympify(d.stop).is_number for d in comp.reduced):
+        return None
+    if math.prod(int(d.stop) for d in comp.reduced) > SHORT_REDUCTION or not comp.reduced:
+        return None
+    loop_vars = {d.var for d in comp.variables}
+    if any(d.start != 0 or d.stop.free_symbols & loop_vars for d in comp.free):
+        return None
+    inner = comp.free[-1]
+    extent = sympy.sympify(inner.stop)
+    if (extent.is_number and extent < 16) or comp.output.indices[-1] != inner.var:
+        return None
+    for a in (comp.output, *comp.body.atoms(sympy.Indexed)):
+        if strides(a, shapes[str(a.base.label)], [inner.var])[0].get(inner.var, 0) not in (0, 1):
+            return None
+    out = comp.output
+    start = comp.reduction.identity if comp.init is None else comp.init
+    combined = comp.reduction.combine(out, comp.body)
+    passes = [replace(comp, reduced=(), reduction=Reduction.NONE, body=start, init=None,
+                      final=None),
+              replace(comp, free=(*comp.free[:-1], *comp.reduced, inner), reduced=(),
+                      reduction=Reduction.NONE, body=combined, init=None, final=None,
+                      inside=comp.inside | {out})]
+    if comp.final is not None:
+        passes.append(replace(comp, reduced=(), reduction=Reduction.NONE,
+                              body=comp.final.xreplace({ACC: out}), init=None, final=None,
+                              inside=comp.inside | {out}))
+    return passes
 
 
 def _work(comp: Comprehension) -> float:
@@ -270,8 +314,11 @@ def _bordered(comp: Comprehension, bounds, access, unsafe, fill) -> tuple[Stmt, 
         for coeff, rest, size in split[v]:
             first, last = solve_inside(coeff, rest, size)
             lo, hi = sympy.Max(lo, first), sympy.Min(hi, last)
+        interior = Loop(v, lo, hi, nest(i + 1, value))
+        if border == comp.output:  # the border would store what is there: no border loops
+            return (interior,)
         edge = nest(i + 1, border)
-        parts = (Loop(v, start, sympy.Min(lo, stop), edge), Loop(v, lo, hi, nest(i + 1, value)),
+        parts = (Loop(v, start, sympy.Min(lo, stop), edge), interior,
                  Loop(v, sympy.Max(lo, hi), stop, edge))
         return tuple(p for p in parts if not is_proven(p.start >= p.stop))  # no empty loops
 

@@ -182,3 +182,38 @@ def test_a_layer_can_choose_its_own_algorithm():
     assert convc.lower(g, algorithm="gemm").parts  # the module's choice for the others
     with pytest.raises(convc.GraphError, match="conv2.*algorithm must be one of"):
         g.conv(x, channels=4, kernel=3, algorithm="winograd-please")
+
+
+@pytest.mark.parametrize("kind", ["avg", "max", "depthwise"])
+def test_short_windows_accumulate_whole_rows(kind):
+    """A pooling window or a depthwise kernel: the output row is the innermost loop, each
+    window point adds (or maxes) a row into it, then an average divides; same numbers."""
+    g = convc.Graph("rows")
+    x = g.input("x", (None, 3, 5, 24))
+    if kind == "avg":
+        g.output(g.avg_pool(x, 3, stride=1, padding=1, count_include_pad=False))
+    elif kind == "max":
+        g.output(g.max_pool(x, 3, stride=1, padding=1))
+    else:
+        g.output(g.conv(x, channels=3, kernel=3, padding=1, groups=3, bias=False))
+    net = convc.compile(g, "float64")
+    body = function(net.source, net.lowered.functions[net.lowered.steps[0]])
+    assert re.search(r"for \(int64_t i1 = [^;]*; i1 < [^;]*; \+\+i1\) \{\n\s+\w+\[[^\n]*\] = ",
+                     body), body  # i1 innermost, storing into the output
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((2, 3, 5, 24))
+    padded = np.pad(xs, ((0, 0), (0, 0), (1, 1), (1, 1)),
+                    constant_values=-np.inf if kind == "max" else 0)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))
+    if kind == "avg":
+        ones = np.lib.stride_tricks.sliding_window_view(
+            np.pad(np.ones((5, 24)), 1), (3, 3))
+        expected = windows.sum(axis=(4, 5)) / ones.sum(axis=(2, 3))
+        got = net(x=xs)
+    elif kind == "max":
+        expected, got = windows.max(axis=(4, 5)), net(x=xs)
+    else:
+        w = rng.standard_normal((3, 1, 3, 3))
+        expected = np.einsum("ncijab,cab->ncij", windows, w[:, 0])
+        got = net(x=xs, **{"conv0.weight": w})
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
