@@ -82,7 +82,8 @@ _WRAPPER_C = "_cffi_wrapper.c"
 _MANIFEST = "manifest.json"
 _DIAGNOSTIC_LINES = 20
 _ENTRY_NAME = re.compile(
-    r"[0-9a-f]{64}|failed-[0-9a-f]{16}|runtime-[0-9a-f]{16}|tmp-.*|\.trash-.*")
+    r"[0-9a-f]{64}|failed-[0-9a-f]{16}|runtime-[0-9a-f]{16}|compiler-[0-9a-f]{16}\.json"
+    r"|tmp-.*|\.trash-.*")
 
 _lock = threading.Lock()
 _loaded: dict[tuple[Path, str], Library] = {}
@@ -326,7 +327,37 @@ def openmp_flags(cc: tuple[str, ...]) -> tuple[str, ...]:
 
 @functools.cache
 def _accepts(cc: tuple[str, ...], flags: tuple[str, ...]) -> bool:
-    """Whether ``cc`` compiles an empty file with ``flags``."""
+    """Whether ``cc`` compiles an empty file with ``flags`` (remembered, see `_remembered`)."""
+    return _remembered(cc, f"accepts {shlex.join(flags)}", lambda: _probe(cc, flags))
+
+
+def _remembered(cc: tuple[str, ...], fact: str, compute):
+    """A fact about the compiler (its version, whether it takes some flags), found once per
+    compiler binary and kept in the cache directory, so that a new process loading a cached
+    module runs no compiler at all."""
+    path = _facts_path(cc)
+    try:
+        facts = json.loads(path.read_text())
+    except (OSError, ValueError):
+        facts = {}
+    if fact not in facts:
+        facts[fact] = compute()
+        temporary = path.with_name(f"tmp-{uuid.uuid4().hex}")
+        temporary.write_text(json.dumps(facts, indent=1))
+        os.replace(temporary, path)  # atomic: a reader sees the old facts or the new
+    return facts[fact]
+
+
+def _facts_path(cc: tuple[str, ...]) -> Path:
+    """``compiler-<hash>.json``, the hash over the command and its binary's path, size and
+    modification time: another or an updated compiler is probed again."""
+    binary = Path(shutil.which(cc[0]) or cc[0]).resolve()
+    stat = binary.stat()
+    identity = repr((cc, str(binary), stat.st_size, stat.st_mtime_ns))
+    return cache_dir() / f"compiler-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.json"
+
+
+def _probe(cc: tuple[str, ...], flags: tuple[str, ...]) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp, "probe.c")
         probe.write_text("int convc_probe;\n")
@@ -370,24 +401,28 @@ def _find_compiler() -> tuple[str, ...]:
 
 
 def _compiler_version(cc: tuple[str, ...]) -> str:
-    """``cc --version``, run once per process and compiler."""
+    """``cc --version``, run once per compiler binary (see `_remembered`)."""
     version = _compiler_versions.get(cc)
     if version is None:
-        try:
-            proc = subprocess.run(
-                [*cc, "--version"], capture_output=True, text=True, errors="replace", timeout=60
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise CompileError(f"the C compiler {cc[0]} could not be run: {exc}") from None
-        if proc.returncode != 0:
-            raise CompileError(
-                f"the C compiler {cc[0]} failed on --version (exit status {proc.returncode})"
-                f"{': ' + proc.stderr.strip()[:500] if proc.stderr.strip() else ''}; "
-                "set CC to a working C compiler"
-            )
-        version = proc.stdout
-        _compiler_versions[cc] = version
+        version = _compiler_versions[cc] = _remembered(cc, "version", lambda: _version(cc))
     return version
+
+
+def _version(cc: tuple[str, ...]) -> str:
+    """``cc --version``: part of every cache key."""
+    try:
+        proc = subprocess.run(
+            [*cc, "--version"], capture_output=True, text=True, errors="replace", timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CompileError(f"the C compiler {cc[0]} could not be run: {exc}") from None
+    if proc.returncode != 0:
+        raise CompileError(
+            f"the C compiler {cc[0]} failed on --version (exit status {proc.returncode})"
+            f"{': ' + proc.stderr.strip()[:500] if proc.stderr.strip() else ''}; "
+            "set CC to a working C compiler"
+        )
+    return proc.stdout
 
 
 def _require_sanitizer_runtime() -> None:

@@ -96,8 +96,10 @@ def check_add(library: build.Library, n: int = 37) -> None:
 
 
 def entries(cache: Path) -> list[str]:
-    """What a directory holds; in the cache, less the runtime's objects shared by all."""
-    return sorted(p.name for p in cache.iterdir() if not p.name.startswith("runtime-"))
+    """What a directory holds; in the cache, less what all builds share (the runtime's
+    objects, the compiler's facts)."""
+    return sorted(p.name for p in cache.iterdir()
+                  if not p.name.startswith(("runtime-", "compiler-")))
 
 
 def test_runtime_is_compiled_once_per_compiler_and_flags(cache):
@@ -354,3 +356,20 @@ def test_sanitized_build_runs_and_catches_out_of_bounds(cache):
     )
     assert overflow.returncode != 0
     assert "heap-buffer-overflow" in overflow.stderr
+
+
+def test_compiler_facts_are_remembered_in_the_cache(cache):
+    """A new process loading a cached module need not run the compiler to learn its
+    version or flags: they are kept per compiler binary, and a damaged file is redone."""
+    build._compiler_versions.clear()  # forget what this process learnt in other caches
+    build._accepts.cache_clear()
+    build_library(SOURCE, CDEF)
+    (facts,) = cache.glob("compiler-*.json")
+    known = json.loads(facts.read_text())
+    assert known["version"].strip() and any(k.startswith("accepts ") for k in known)
+    facts.write_text("{not json")
+    build._forget_loaded()
+    build._compiler_versions.clear()
+    build._accepts.cache_clear()
+    check_add(build_library(SOURCE, CDEF))
+    assert "version" in json.loads(facts.read_text())

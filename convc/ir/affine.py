@@ -15,6 +15,7 @@ element. `kernel_gradient_bounds` gives the loop of the kernel gradient g (9.11)
 
 from __future__ import annotations
 
+import functools
 import operator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -26,6 +27,13 @@ from ..errors import DerivationError
 
 def affine_terms(expr: sympy.Expr, variables) -> tuple[dict[sympy.Symbol, sympy.Expr], sympy.Expr]:
     """``expr`` as ``({v: coefficient}, constant)``; raises if it is not affine in them."""
+    coeffs, constant = _affine_terms(sympy.sympify(expr), tuple(variables))
+    return dict(coeffs), constant
+
+
+@functools.lru_cache(maxsize=8192)
+def _affine_terms(expr: sympy.Expr, variables: tuple) -> tuple[tuple, sympy.Expr]:
+    """Memoised: planning asks for the strides of the same accesses many times."""
     expr = sympy.expand(expr)
     coeffs = {}
     for v in variables:
@@ -35,7 +43,7 @@ def affine_terms(expr: sympy.Expr, variables) -> tuple[dict[sympy.Symbol, sympy.
         if c != 0:
             coeffs[v] = c
     constant = sympy.expand(expr - sum(c * v for v, c in coeffs.items()))
-    return coeffs, constant
+    return tuple(coeffs.items()), constant
 
 
 def strides(access: sympy.Indexed, shape, variables) -> tuple[dict, sympy.Expr]:
