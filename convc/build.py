@@ -427,16 +427,24 @@ def _version(cc: tuple[str, ...]) -> str:
 
 def _require_sanitizer_runtime() -> None:
     """Refuse, with advice, where loading an ASan library would abort the whole process."""
-    try:
-        ctypes.CDLL(None)["__asan_init"]
-    except AttributeError:
+    if not _asan_loaded():
         raise CompileError(
             "sanitize=True builds with AddressSanitizer, whose runtime must be loaded before "
             "Python starts: run Python with LD_PRELOAD=$(gcc -print-file-name=libasan.so) and "
             "ASAN_OPTIONS=detect_leaks=0 (with clang, the library is libclang_rt.asan)"
-        ) from None
-    except OSError:  # no dlopen(NULL) on this platform: let the loader decide
-        pass
+        )
+
+
+def _asan_loaded() -> bool:
+    """Whether this process already runs with the ASan runtime (True where the platform
+    cannot tell: then the loader decides)."""
+    try:
+        ctypes.CDLL(None)["__asan_init"]
+    except AttributeError:
+        return False
+    except OSError:  # no dlopen(NULL) on this platform
+        return True
+    return True
 
 
 # --- loading and publishing --------------------------------------------------------------------
