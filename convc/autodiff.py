@@ -99,10 +99,10 @@ def derive(comps: Sequence[Comprehension], seeds: set[str], wrt: set[str],
                 pre = []
     fills = [_copy(names.seed(t), names.grad(t), shapes[t]) if t in seeds
              else zeros(names.grad(t), shapes[t]) for t in sorted(wrt | needed)]
-    return _first_assigns(fills, steps, shapes, names), saved, steps
+    return _first_assigns(fills, steps), saved, steps
 
 
-def _first_assigns(fills, steps, shapes, names) -> list[Comprehension]:
+def _first_assigns(fills, steps) -> list[Comprehension]:
     """Drop the zeros of a gradient whose first contribution covers all of it, which then
     assigns instead of adding (in ``steps``, in place): one pass over it, not two."""
     first: dict[str, tuple[int, int]] = {}
@@ -134,9 +134,10 @@ def _as_assignment(comp: Comprehension, fill: Comprehension) -> Comprehension | 
               and tuple(comp.output.indices) == tuple(d.var for d in comp.free)
               and all(d.start == 0 and sympy.expand(d.stop - f.stop) == 0
                       for d, f in zip(comp.free, fill.free)))
-    if not covers or comp.body.has(comp.output) and comp.reduction is not Reduction.NONE:
+    if not covers:
         return None
-    if comp.reduction is Reduction.SUM and comp.init == comp.output:
+    if (comp.reduction is Reduction.SUM and comp.init == comp.output
+            and not comp.body.has(comp.output)):
         return replace(comp, init=None)
     if (comp.reduction is Reduction.NONE and isinstance(comp.body, sympy.Add)
             and comp.output in comp.body.args):
@@ -172,17 +173,9 @@ def _masked(comp: Comprehension, cs: list[Comprehension], shapes, names
 
 
 def _tests_of(comp: Comprehension, tensor: str) -> list:
-    """The relations ``T[i] <op> constant`` on ``tensor`` in ``comp``'s conditions."""
-    found = []
-    for e in (comp.body, comp.init, comp.final):
-        for pw in (e.atoms(sympy.Piecewise) if e is not None else ()):
-            for _, cond in pw.args:
-                for r in cond.atoms(sympy.core.relational.Relational):
-                    accesses = r.atoms(sympy.Indexed)
-                    if ({str(a.base.label) for a in accesses} == {tensor} and len(accesses) == 1
-                            and r.free_symbols <= next(iter(accesses)).free_symbols):
-                        found.append(r)
-    return found
+    """The tests ``T[i] <op> constant`` of ``tensor`` in ``comp``'s conditions."""
+    return [r for e in (comp.body, comp.init, comp.final) if e is not None
+            for pw in e.atoms(sympy.Piecewise) for r in _tests_in(pw, tensor)]
 
 
 def _canonical(relation):
@@ -219,8 +212,15 @@ def _retest(comp: Comprehension, tensor: str, mask) -> Comprehension:
 
 
 def _tests_in(expr, tensor: str) -> list:
-    return [r for r in expr.atoms(sympy.core.relational.Relational)
-            if {str(a.base.label) for a in r.atoms(sympy.Indexed)} == {tensor}]
+    """The relations in ``expr`` that read one element of ``tensor`` and nothing else that
+    varies."""
+    found = []
+    for r in expr.atoms(sympy.core.relational.Relational):
+        accesses = r.atoms(sympy.Indexed)
+        if (len(accesses) == 1 and str(next(iter(accesses)).base.label) == tensor
+                and r.free_symbols <= next(iter(accesses)).free_symbols):
+            found.append(r)
+    return found
 
 
 def _check_accumulates(comp: Comprehension) -> None:

@@ -45,9 +45,9 @@ class Module:
         self._sizes = lowered.sizes  # computed once: sympy is slow on every call
         self._arguments = lowered.arguments()
         self._expected = [b for b in self._arguments if b.role in ("input", "param", "seed")]
-        self._dims = {b.name: tuple(d if isinstance(d, sympy.Symbol) else
-                                    d if not d.is_Integer else int(d) for d in
-                                    map(sympy.sympify, b.shape)) for b in self._arguments}
+        self._dims = {b.name: tuple(int(d) if d.is_Integer else d
+                                    for d in map(sympy.sympify, b.shape))
+                      for b in self._arguments}  # ints, or size symbols such as N
         self._pointer = {b.name: f"{b.ctype} *" for b in self._arguments}
         self._default_seeds: dict[tuple, np.ndarray] = {}
         self.dtype = lowered.dtype

@@ -782,6 +782,19 @@ def test_explain_of_a_grad_module_shows_derived_equations():
     assert "eq. 9.13" in text and "eq. 9.11" in text
 
 
+def test_explain_of_a_strided_dilated_padded_convolution_shows_g_and_h_with_bounds():
+    """Issue 4's last point, as a user would run it: the default module's explain()."""
+    g = convc.Graph("strided")
+    x = g.input("x", (None, 2, 9, 9))
+    g.output(g.conv(x, channels=3, kernel=3, stride=2, dilation=2, padding=2))
+    text = convc.compile(g, grad=["x", "conv0.weight"]).explain()
+    derived = dict(re.findall(r"^DERIVED\s+(\w+): (.*)$", text, re.M))
+    assert "(eq. 9.11)" in derived["dweight"] and "(eq. 9.13)" in derived["dinput"]
+    assert "1 <= u2 < 6" in derived["dinput"] and "where 0 <= u2 - t2 < 5" in derived["dinput"]
+    loops = text.split("LOOPS     dinput:")[1].split("\nC ")[0]
+    assert re.search(r"for t2 in \[Max\(0, u2 - 4\), Min\(3, u2 \+ 1\)\)", loops), loops
+
+
 # -- 9. training --------------------------------------------------------------------------------
 
 def bars(rng, n):
