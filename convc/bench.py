@@ -244,21 +244,32 @@ def conv_graph(spec: LayerSpec):
     g = convc.Graph(f"bench_{spec.key}")
     x = g.input("x", spec.x_shape)
     g.output(g.conv(x, channels=spec.k, kernel=spec.kernel, stride=spec.stride,
-                    padding=spec.padding, groups=spec.groups, bias=False, name="conv0"))
+                    padding=spec.padding, groups=spec.groups, bias=False, name="conv0",
+                    separable=spec.rank1))
     return g
+
+
+def weights(spec: LayerSpec, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The convc parameters of the layer: its weight, or a rank-1 weight's 1-D factors."""
+    if not spec.rank1:
+        return {"conv0.weight": arrays["w"]}
+    return {f"conv0.weight{a}": arrays[f"u{a}"] for a in range(len(spec.kernel))}
 
 
 def layer_arrays(spec: LayerSpec, seed: int = 0) -> dict[str, np.ndarray]:
     """Random input, weight and output gradient (float32); a rank-1 weight for ``rank1``."""
     rng = np.random.default_rng(seed)
+    factors = {}
     if spec.rank1:
         u, v = (rng.standard_normal(m) for m in spec.kernel)
         w = np.broadcast_to(np.outer(u, v), spec.w_shape)
+        factors = {f"u{a}": np.broadcast_to(f, (spec.k, spec.c // spec.groups, f.size))
+                   .astype(np.float32) for a, f in enumerate((u, v))}
     else:
         w = rng.standard_normal(spec.w_shape)
     return {"x": rng.standard_normal(spec.x_shape, np.float32),
             "w": np.ascontiguousarray(w, np.float32),
-            "gy": rng.standard_normal(spec.y_shape, np.float32)}
+            "gy": rng.standard_normal(spec.y_shape, np.float32), **factors}
 
 
 def chosen_algorithm(explain: str, node: str, role: str) -> str:
@@ -296,16 +307,16 @@ def time_convc_layer(spec: LayerSpec, passes: Sequence[str], threads: int,
     if fwd is None:
         return None
     a = layer_arrays(spec)
-    args = {"x": a["x"], "conv0.weight": a["w"]}
+    args = {"x": a["x"], **weights(spec, a)}
     t_fwd = measure(lambda: fwd(**args), repeat)
     results = {}
     if "fwd" in passes:
         results["fwd"] = {"s": t_fwd,
                           "algorithm": chosen_algorithm(fwd.explain(), "conv0", "fwd")}
-    for name, wrt in (("grad-in", "x"), ("grad-w", "conv0.weight")):
+    for name, wrt in (("grad-in", ["x"]), ("grad-w", list(weights(spec, a)))):
         if name not in passes:
             continue
-        module = compile_module(g, threads, grad=[wrt])
+        module = compile_module(g, threads, grad=wrt)
         both = measure(lambda: module(**args, **{"grad:conv0": a["gy"]}), repeat)
         results[name] = {"s": both - t_fwd, "with_fwd_s": both,
                          "algorithm": chosen_algorithm(module.explain(), "conv0", ROLE[name])}

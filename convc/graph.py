@@ -29,6 +29,7 @@ from .ops.elementwise import Add
 from .ops.loss import MeanSquaredError
 from .ops.pool import GlobalPool, Pool
 from .ops.reshape import Flatten
+from .ops.separable import SeparableConv
 from .ops.softmax import Softmax, SoftmaxCrossEntropy
 from .ops.source import Input, Param
 
@@ -170,6 +171,7 @@ class Graph:
         weight: Tensor | None = None,
         name: str | None = None,
         algorithm: str | None = None,
+        separable: bool = False,
     ) -> Tensor:
         """Convolution (cross-correlation, equation 9.7) over 1, 2 or 3 spatial axes.
 
@@ -180,7 +182,17 @@ class Graph:
         existing parameter instead of creating ``<node>.weight`` (shared weights).
         ``algorithm`` (``"gemm"``, ``"direct"`` or ``"auto"``) overrides, for this node and
         its gradients, the module's choice of how they run (see `convc.lower`).
+        ``separable=True`` learns the kernel as an outer product of one 1-D factor per axis,
+        ``<node>.weight0``, ``<node>.weight1``… of shape ``(channels, in_channels / groups,
+        kernel[a])``, and runs it as one pass per axis (section 9.8).
         """
+        if separable:
+            if weight is not None:
+                raise GraphError(f"a separable convolution learns its own 1-D factors; "
+                                 f"it cannot share the weight {weight!r} ({user_source()})")
+            return self._layer(SeparableConv, (x,), name, None, algorithm, channels=channels,
+                               kernel=kernel, stride=stride, padding=padding,
+                               dilation=dilation, groups=groups, bias=bias)
         return self._layer(Conv, (x,), name, {"weight": weight}, algorithm, channels=channels,
                            kernel=kernel, stride=stride,
                            padding=padding, dilation=dilation, groups=groups, bias=bias)
