@@ -10,13 +10,19 @@ pad to. Threads (sharing arrays or the passes of one array) must give the same b
 
 from __future__ import annotations
 
+import os
 import platform
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from convc.build import build_library
+
+REPO = Path(__file__).resolve().parent.parent
 
 DECLARATIONS = """
 size_t convc_fft_size(size_t n);
@@ -293,3 +299,58 @@ def test_every_target(target, monkeypatch):
             Y = spectrum(rng, dims, 2, dtype)
             want = np.fft.irfftn(Y.astype(np.complex128), s=dims, axes=axes(dims))
             assert_close(irfft(module, Y, dims) * N, want * N, N, dtype)
+
+
+# --- sanitizers ------------------------------------------------------------------------------
+
+CHILD = r"""
+import sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import test_fft as t
+from convc.build import build_library
+
+module = build_library(t.SOURCE, t.CDEF, sanitize=True).module
+rng = np.random.default_rng(1)
+for dtype in t.DTYPES:
+    for dims, given, lo, size in [((1,), (1,), (0,), (1,)), ((15,), (7,), (3,), (9,)),
+                                  ((16,), (16,), (1,), (15,)), ((9, 10), (4, 10), (2, 3), (7, 6)),
+                                  ((5, 9, 8), (5, 2, 8), (1, 2, 3), (4, 7, 5)),
+                                  ((6, 4, 3), (1, 1, 1), (0, 0, 0), (6, 4, 3))]:
+        for threads, count in [(1, 3), (2, 1), (2, 3)]:
+            x = rng.standard_normal((count, *given)).astype(dtype)
+            X = t.rfft(module, x, dims, threads)
+            want = np.fft.rfftn(x.astype(np.float64), s=dims, axes=t.axes(dims))
+            t.assert_close(X, want, int(np.prod(dims)))
+            y = t.irfft(module, X, dims, threads, lo, size)
+            window = (slice(None),) + tuple(slice(a, a + n) for a, n in zip(lo, size))
+            padded = np.zeros((count, *dims), dtype)
+            padded[(slice(None),) + tuple(slice(0, n) for n in given)] = x
+            bound = 4 * np.finfo(dtype).eps * (1 + np.log2(np.prod(dims)))
+            for got, want, whole in zip(y, padded[window], padded):
+                assert np.linalg.norm(got - want) <= bound * np.linalg.norm(whole)
+print("ok")
+"""
+
+
+@pytest.mark.sanitizer
+def test_runs_clean_under_asan_and_ubsan():
+    """Overruns of the input, output or scratch (whose size convc_rfft_scratch_* gives) stop
+    the child process with a report."""
+    cc = shlex.split(os.environ.get("CC", "").strip() or "cc")[0]
+    found = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True, text=True)
+    libasan = found.stdout.strip()
+    if not os.path.isabs(libasan) or not os.path.isfile(libasan):
+        pytest.fail(f"the C compiler {cc!r} has no AddressSanitizer runtime (libasan)")
+    env = {**os.environ, "LD_PRELOAD": libasan,
+           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0:halt_on_error=1",
+           "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           }
+    code = CHILD.format(tests=str(Path(__file__).resolve().parent))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, errors="replace", timeout=600)
+    report = f"exit status {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "ERROR: AddressSanitizer" not in proc.stderr, report
+    assert "runtime error:" not in proc.stderr, report
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", report
