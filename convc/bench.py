@@ -12,7 +12,9 @@ It measures, in one run and printed as plain-text tables:
    the peak, the algorithm convc chose and the speed ratio to PyTorch;
 3. pooling throughput (2×2 max, 3×3 average);
 4. compile times of a LeNet-like training graph, cold and from the disk cache;
-5. the training step of examples/train_digits.py's network, in images per second.
+5. the training step of examples/train_digits.py's network, in images per second;
+6. the runtime's real FFT (runtime/fft.c) on 2-D float32 arrays, in ns per point, against
+   numpy.fft.rfft2 (pocketfft, one thread) in the same run.
 
 Every time is a median: each case runs once to warm up, then again until ``--repeat`` runs
 or 0.5 s are spent, at least 3 times (a call over 0.25 s is its own warm-up). PyTorch runs in a
@@ -44,7 +46,7 @@ import numpy as np
 
 PASSES = ("fwd", "grad-in", "grad-w")
 ROLE = {"fwd": "fwd", "grad-in": "dinput", "grad-w": "dweight"}  # step roles in explain()
-SECTIONS = ("peak", "layers", "pool", "compile", "digits")
+SECTIONS = ("peak", "layers", "pool", "compile", "digits", "fft")
 DEFAULT_REPEAT = 10
 BUDGET_S = 0.5          # stop repeating a case once this much time is spent (>= 3 runs)
 SELF_WARMING_S = 0.25   # a first call this slow counts as a run: no separate warm-up
@@ -675,6 +677,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         report["compile"] = _guarded(errors, "compile", section_compile)
     if "digits" in args.sections:
         report["digits"] = _guarded(errors, "digits", section_digits, args, peer)
+    if "fft" in args.sections:
+        report["fft"] = _guarded(errors, "fft", section_fft, args)
     report["seconds"] = time.perf_counter() - started
     print(f"\nwhole run {report['seconds']:.1f} s, PyTorch peer {report['peer_seconds']:.1f} s")
     if args.json:
@@ -818,6 +822,51 @@ def section_digits(args, peer) -> list[dict]:
 
 def _or_none(value: float | None) -> str:
     return NONE if value is None else fmt(value)
+
+
+# -- 6. FFT ---------------------------------------------------------------------------------
+
+FFT_SHAPES = ((144, 144), (1080, 1080))
+FFT_CDEF = """
+size_t convc_rfft_scratch_f32(int threads, int rank, const size_t *dims);
+int convc_rfft_f32(int threads, int rank, const size_t *dims, size_t count,
+                   const size_t *in_dims, const float *in, float *out, void *scratch);
+"""
+
+
+def time_convc_rfft(shape: Sequence[int], threads: int, repeat: int) -> float:
+    """Median seconds of one forward real FFT of a float32 array of `shape` (runtime/fft.c)."""
+    from .build import build_library
+
+    module = build_library('#include "convc_runtime.h"\n', FFT_CDEF).module
+    ffi, lib = module.ffi, module.lib
+    dims = ffi.new("size_t[]", list(shape))
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    out = np.empty((*shape[:-1], shape[-1] // 2 + 1), np.complex64)
+    scratch = np.empty(lib.convc_rfft_scratch_f32(threads, len(shape), dims), np.uint8)
+    args = (threads, len(shape), dims, 1, ffi.NULL, ffi.cast("float *", x.ctypes.data),
+            ffi.cast("float *", out.ctypes.data), ffi.cast("void *", scratch.ctypes.data))
+    if lib.convc_rfft_f32(*args) != 0:
+        raise RuntimeError(f"convc_rfft_f32 refused the shape {shape}")
+    return measure(lambda: lib.convc_rfft_f32(*args), repeat)
+
+
+def section_fft(args) -> list[dict]:
+    rows = []
+    for shape in FFT_SHAPES:
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        theirs = measure(lambda: np.fft.rfft2(x), args.repeat)
+        for t in args.threads:
+            ours = time_convc_rfft(shape, t, args.repeat)
+            points = math.prod(shape)
+            rows.append({"shape": list(shape), "threads": t, "ns_per_point": ours / points * 1e9,
+                         "numpy_ns_per_point": theirs / points * 1e9, "ratio": theirs / ours})
+    print("\n6. Real FFT, 2-D float32, forward (ratio = convc speed / numpy.fft.rfft2 speed, "
+          "numpy on one thread)")
+    print(format_table(["shape", "threads", "ns/point", "numpy ns/point", "ratio"],
+                       [[_dims(r["shape"]), r["threads"], fmt(r["ns_per_point"]),
+                         fmt(r["numpy_ns_per_point"]), fmt(r["ratio"])] for r in rows]))
+    return rows
 
 
 if __name__ == "__main__":

@@ -76,4 +76,41 @@ int convc_gemm_f64(int threads, int64_t batch, int64_t M, int64_t N, int64_t K,
                    const double *B, int64_t sb, int64_t rsb, int64_t csb,
                    double *C, int64_t sc, int64_t rsc, int64_t csc);
 
+/* Real FFTs (fft.c), for FFT convolution (section 9.8).
+ *
+ * convc_fft_size(n): the smallest 2^a 3^b 5^c >= n (1 for n <= 1; 0 if none fits a size_t).
+ *
+ * convc_rfft_<type>(threads, rank, dims, count, in_dims, in, out, scratch): `count` forward
+ * transforms of real arrays of rank 1, 2 or 3 (dims, row-major), each a product of 2, 3 and 5.
+ * Input i is the array of in_dims (in_dims[a] <= dims[a]; NULL for dims) at in + i *
+ * prod(in_dims), zero-padded after its end on every axis up to dims. Output i is the half
+ * spectrum X[k0][k1][k2] = sum x[j] exp(-2 pi i (j0 k0 / n0 + j1 k1 / n1 + j2 k2 / n2)) of
+ * shape dims[0 .. rank-2] x (dims[rank-1] / 2 + 1), complex numbers stored (re, im),
+ * row-major, at out + i * 2 * prod(that shape): numpy.fft.rfftn(x, s=dims).
+ *
+ * convc_irfft_<type>(threads, rank, dims, count, in, out_lo, out_dims, out, scratch): the
+ * inverse, numpy.fft.irfftn(X, s=dims) (the other axes first, then the last, whose X[0] and,
+ * for an even length, X[n/2] are taken as real), scaled by 1 / prod(dims), so that
+ * irfft(rfft(x)) == x. Input i is a half spectrum as above (left unchanged); output i is the
+ * window [out_lo[a], out_lo[a] + out_dims[a]) of the result on every axis (NULL: from 0; NULL:
+ * dims), contiguous, at out + i * prod(out_dims).
+ *
+ * scratch: at least convc_rfft_scratch_<type>(threads, rank, dims) bytes, any alignment, one
+ * size for both directions; nothing is allocated. Calls may run at once on separate
+ * scratch. `threads` (OpenMP) share the `count` arrays, or each array's passes when count <
+ * threads. Returns CONVC_OK, or CONVC_ERR_SIZE (nothing written) for a rank outside 1..3, a
+ * size of 0 or with a prime factor above 5, in_dims above dims or a window outside dims
+ * (convc_rfft_scratch_<type> then returns 0). in and out must not overlap. */
+size_t convc_fft_size(size_t n);
+size_t convc_rfft_scratch_f32(int threads, int rank, const size_t *dims);
+size_t convc_rfft_scratch_f64(int threads, int rank, const size_t *dims);
+int convc_rfft_f32(int threads, int rank, const size_t *dims, size_t count,
+                   const size_t *in_dims, const float *in, float *out, void *scratch);
+int convc_rfft_f64(int threads, int rank, const size_t *dims, size_t count,
+                   const size_t *in_dims, const double *in, double *out, void *scratch);
+int convc_irfft_f32(int threads, int rank, const size_t *dims, size_t count, const float *in,
+                    const size_t *out_lo, const size_t *out_dims, float *out, void *scratch);
+int convc_irfft_f64(int threads, int rank, const size_t *dims, size_t count, const double *in,
+                    const size_t *out_lo, const size_t *out_dims, double *out, void *scratch);
+
 #endif /* CONVC_RUNTIME_H */

@@ -129,3 +129,14 @@ def test_torch_peer_on_a_tiny_layer():
     assert set(timings) == set(bench.PASSES)
     for t in timings.values():
         assert finite_positive(t["s"]) and t["format"] in ("nchw", "channels_last")
+
+
+def test_the_fft_section_times_convc_and_numpy(tmp_path):
+    out = tmp_path / "bench.json"
+    bench.main(["--threads", "1", "--sections", "fft", "--no-torch", "--json", str(out),
+                "--repeat", "3"])
+    report = json.loads(out.read_text())
+    assert report["errors"] == {}
+    assert [r["shape"] for r in report["fft"]] == [list(s) for s in bench.FFT_SHAPES]
+    assert all(finite_positive(r["ns_per_point"]) and finite_positive(r["numpy_ns_per_point"])
+               for r in report["fft"])
