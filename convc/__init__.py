@@ -25,7 +25,8 @@ from .pipeline import Lowered, lower
 
 
 def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str = "auto",
-            num_threads: int | None = None, sanitize: bool = False) -> Module:
+            num_threads: int | None = None, tune: bool | int = False, profile: bool = False,
+            sanitize: bool = False) -> Module:
     """Compile ``graph`` to C, build it into a shared library (cached) and load it.
 
     ``dtype`` is ``"float32"`` or ``"float64"``. ``grad=True`` adds the backward pass for
@@ -33,6 +34,10 @@ def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str 
     ``algorithm`` (``"auto"``, ``"gemm"`` or ``"direct"``) says how convolutions, their
     gradients and dense layers run; ``num_threads`` how many threads it may use (default:
     every core); see `lower`.
+    ``tune=True`` times each step with every algorithm on this machine (at a batch of 32,
+    or of ``tune`` when it is an int) and runs each with the faster; the times are cached
+    per machine and step (see `convc.tune`) and shown by `Module.explain`.
+    ``profile=True`` adds step timers to the C, read by `Module.profile`.
     ``sanitize=True`` builds with AddressSanitizer and UBSan (the host process must
     preload their runtimes).
 
@@ -48,7 +53,14 @@ def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str 
     """
     from .build import build_library
 
-    lowered = lower(graph, dtype, grad=grad, algorithm=algorithm, num_threads=num_threads)
+    tuned = None
+    if tune:
+        from .tune import DEFAULT_BATCH, tune as measure
+
+        batch = DEFAULT_BATCH if tune is True else tune
+        tuned = measure(graph, dtype, grad, num_threads, batch)
+    lowered = lower(graph, dtype, grad=grad, algorithm=algorithm, num_threads=num_threads,
+                    profile=profile, tuned=tuned)
     cdef = lowered.cdef + "\nconst char *convc_error_message(int code);"
     return Module(lowered, build_library(lowered.source, cdef, sanitize=sanitize))
 

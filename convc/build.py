@@ -369,6 +369,11 @@ def _probe(cc: tuple[str, ...], flags: tuple[str, ...]) -> bool:
         return proc.returncode == 0
 
 
+def machine_signature() -> str:
+    """This machine as far as timings go: its CPU and the build target (for tuning)."""
+    return f"{_cpu_signature()}-{target()}"
+
+
 @functools.cache
 def _cpu_signature() -> str:
     """What ``-march=native`` tunes for: the CPU's model and feature flags, hashed. A cache

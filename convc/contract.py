@@ -36,8 +36,9 @@ import sympy
 from .ir.affine import index_range, is_proven, strides
 from .ir.comprehension import Comprehension, Dim, Reduction
 
-ALGORITHMS = ("auto", "gemm", "direct")
-"""How contractions run: chosen by cost, always as products where possible, or never."""
+ALGORITHMS = ("auto", "gemm", "direct", "fft")
+"""How contractions run: chosen by cost, always as products where possible, never, or
+through spectra where they are correlations or convolutions of unit stride (`spectral`)."""
 
 MIN_EXTENT = {"m": 1, "n": 8, "k": 8}
 """The least rows, columns and depth per product for which packing pays over direct loops."""
@@ -94,12 +95,12 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], force: bool = False,
     module), so that one needed again is read, not made again.
     """
     packed = {} if packed is None else packed
-    comp = _from_zero(comp)
-    operands = _operands(comp)
-    if operands is None:
+    comp = from_zero(comp)
+    pair = operands(comp)
+    if pair is None:
         return None
     least = {key: 1 for key in MIN_EXTENT} if force else MIN_EXTENT
-    variants = [r for a, b in (operands, operands[::-1])
+    variants = [r for a, b in (pair, pair[::-1])
                 for r in _roles(comp, a, b, shapes, least)]
     if not variants:
         return None
@@ -107,7 +108,22 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], force: bool = False,
     return best.parts(comp, shapes, packed) if force or best.pays(comp, shapes) else None
 
 
-def _from_zero(comp: Comprehension) -> Comprehension:
+def cost(comp: Comprehension, shapes: dict[str, tuple]) -> float:
+    """The cost-model time (multiply-adds in a full GEMM tile) of the way `plan` would run
+    a contraction: the best products, or direct loops."""
+    comp = from_zero(comp)
+    pair = operands(comp)
+    if pair is None:
+        return math.inf
+    best = (96 if comp.where else 32) * math.prod(_estimate(d.stop) for d in comp.variables)
+    for a, b in (pair, pair[::-1]):
+        for r in _roles(comp, a, b, shapes, MIN_EXTENT):
+            if r.pays(comp, shapes):
+                best = min(best, r.cost(comp, shapes))
+    return best
+
+
+def from_zero(comp: Comprehension) -> Comprehension:
     """Every variable counted from 0: ``1 <= u < 29`` becomes ``u < 28`` with ``u + 1``
     written for ``u`` (a phase of a strided input gradient starts past the padding)."""
     loop_vars = {d.var for d in comp.variables}
@@ -129,7 +145,7 @@ def _from_zero(comp: Comprehension) -> Comprehension:
                    where=tuple((sub(e), lo, hi) for e, lo, hi in comp.where))
 
 
-def _operands(comp: Comprehension):
+def operands(comp: Comprehension):
     """``(A, B)`` when the body is a product of two accesses under a plain sum."""
     if comp.reduction is not Reduction.SUM or comp.final is not None or not comp.reduced:
         return None
@@ -151,7 +167,7 @@ def _uses(access: sympy.Indexed, variables) -> set:
     return {v for v in variables if any(i.has(v) for i in access.indices)}
 
 
-def _collapses(group: list, coeffs: dict, extents: dict) -> bool:
+def collapses(group: list, coeffs: dict, extents: dict) -> bool:
     """Whether ``group`` (outermost first) walks one stride: each stride is the next one's
     times its extent."""
     return all(sympy.expand(coeffs.get(u, 0) - coeffs.get(v, 0) * extents[v]) == 0
@@ -161,7 +177,7 @@ def _collapses(group: list, coeffs: dict, extents: dict) -> bool:
 def _inner_run(group: list, coeffs: dict, extents: dict) -> list:
     """The longest innermost run of ``group`` that collapses to one stride."""
     for i in range(len(group)):
-        if _collapses(group[i:], coeffs, extents):
+        if collapses(group[i:], coeffs, extents):
             return group[i:]
     return []
 
@@ -232,9 +248,9 @@ class _Roles:
         views = []
         for name, access, rows, cols in (("a", self.a, self.m, self.k),
                                          ("b", self.b, self.k, self.n)):
-            view, pack = _view(comp, name, access, rows, cols, shared, batch, where, shapes,
+            view, made = _view(comp, name, access, rows, cols, shared, batch, where, shapes,
                                packed)
-            pre += pack
+            pre += made
             views.append(view)
         c = View(comp.tensor, _offset(out_coeffs, out_const, [d.var for d in loops]),
                  out_coeffs.get(batch, 0) if batch is not None else 0,
@@ -298,7 +314,7 @@ def _view(comp, name, access, rows, cols, outer, batch, where, shapes, packed):
         where.remove(w)
     # a constraint that only keeps the access inside its tensor is what the fill (0) does
     bounds = [(i, 0, size) for i, size in zip(access.indices, shapes[tensor])]
-    kept = [w for w in own if not any(_same(w, b) for b in bounds)]
+    kept = [w for w in own if not any(same_constraint(w, b) for b in bounds)]
     fill = comp.fill if len(kept) == len(own) else (*comp.fill, (tensor, sympy.Integer(0)))
     inside = comp.inside & {access} if len(kept) == len(own) else frozenset()
     own = kept
@@ -320,13 +336,13 @@ def _view(comp, name, access, rows, cols, outer, batch, where, shapes, packed):
     if own:
         holds = sympy.And(*[sympy.And(lo <= e, e < hi) for e, lo, hi in own])
         body = sympy.Piecewise((read, holds), (0, True))
-    label, pack = _pack(comp, name, dims, body, fill, inside, shapes, packed)
-    pack = pad + pack
+    label, made = pack(comp, name, dims, body, fill, inside, shapes, packed)
+    made = pad + made
     shape = [d.stop for d in dims]
     pc, _ = strides(sympy.IndexedBase(label)[tuple(d.var for d in dims)], shape, variables)
     loops = [v for v in keep if v != batch]
     return View(label, _offset(pc, 0, loops), pc.get(batch, 0),
-                _last(pc, rows), _last(pc, cols)), pack
+                _last(pc, rows), _last(pc, cols)), made
 
 
 def _padded(comp, access, fill, dims, shapes, packed):
@@ -347,12 +363,12 @@ def _padded(comp, access, fill, dims, shapes, packed):
     axes = [sympy.Symbol(f"p{i}", integer=True) for i in range(len(sizes))]
     source = access.base[tuple(a + lo for a, lo in zip(axes, lows))]
     pad_dims = [Dim(a, 0, n) for a, n in zip(axes, sizes)]
-    label, made = _pack(comp, "pad", pad_dims, source, fill, frozenset(), shapes, packed,
+    label, made = pack(comp, "pad", pad_dims, source, fill, frozenset(), shapes, packed,
                         f"pads {tensor} for {comp.tensor}")
     return sympy.IndexedBase(label)[tuple(i - lo for i, lo in zip(access.indices, lows))], made
 
 
-def _pack(comp, name, dims, body, fill, inside, shapes, packed, what=None):
+def pack(comp, name, dims, body, fill, inside, shapes, packed, what=None):
     """The packed tensor's name, and its comprehension unless an identical packing (same
     values, same layout: the im2col of the forward pass that g reads again) exists."""
     canon = {d.var: sympy.Symbol(f"_{i}", integer=True) for i, d in enumerate(dims)}
@@ -378,11 +394,11 @@ def _direct(comp, access, rows, cols, shapes) -> bool:
     variables = [d.var for d in comp.variables]
     extents = {d.var: d.stop for d in comp.variables}
     coeffs, _ = strides(access, shapes[str(access.base.label)], variables)
-    return (_inside(comp, access, shapes) and _collapses(list(rows), coeffs, extents)
-            and _collapses(list(cols), coeffs, extents))
+    return (_inside(comp, access, shapes) and collapses(list(rows), coeffs, extents)
+            and collapses(list(cols), coeffs, extents))
 
 
-def _same(constraint, other) -> bool:
+def same_constraint(constraint, other) -> bool:
     return all(sympy.expand(a - b) == 0 for a, b in zip(constraint, other))
 
 

@@ -2,11 +2,14 @@
 
 NODE (name, op, file:line), SHAPES, EQUATIONS (the comprehensions as mathematics), FLOPS
 (per example, nominal: every point of every reduction), ALGORITHM (direct loops, or the
-matrix products a contraction was packed into), LOOPS (the loop nest, with the bounds that
-clipping solved) and C (the function and its lines in the source).
+matrix products a contraction was packed into), TIME (estimated, and measured when the
+module was tuned), LOOPS (the loop nest, with the bounds that clipping solved) and C (the
+function and its lines in the source).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import sympy
@@ -15,9 +18,15 @@ from .autodiff import is_proven_inside
 from .ir.affine import affine_terms
 from .ir.comprehension import Comprehension, Reduction
 from .contract import Gemm
+from .spectral import Spectra, Transform
 from .loops import format_nest
 from .ops import BATCH, fmt
-from .pipeline import Lowered
+from .pipeline import Lowered, Step
+
+# The rough rates behind TIME's estimate, per thread, float32 (float64: half the flops):
+# the runtime's matrix product and FFTs, direct loops, and memory for packings and copies.
+GEMM_FLOPS, FFT_FLOPS, DIRECT_FLOPS, BANDWIDTH = 100e9, 20e9, 10e9, 15e9
+ESTIMATE_BATCH = 32
 
 
 def flops(comp: Comprehension, shapes: dict[str, tuple]) -> sympy.Expr:
@@ -125,6 +134,8 @@ def explain(lowered: Lowered) -> str:
         for step in steps:
             out.append(f"ALGORITHM {step.role}: {_algorithm(lowered.parts[step])}")
         for step in steps:
+            out.append(f"TIME      {step.role}: {_time(lowered, step)}")
+        for step in steps:
             out.append(f"LOOPS     {step.role}:\n" + _indent(
                 format_nest(lowered.kernels[step].nests), 0, first=True))
         for step in steps:
@@ -133,9 +144,59 @@ def explain(lowered: Lowered) -> str:
     return "\n\n".join(sections) + "\n"
 
 
+def estimated_seconds(lowered: Lowered, step: Step, batch: int = ESTIMATE_BATCH) -> float:
+    """A roofline guess at a step's time: products at the matrix product's rate, loops at
+    the slower of their flops at the direct rate and their output bytes (written, and read
+    about once) at memory speed; the threads share it all."""
+    shapes = {n: b.shape for n, b in lowered.buffers.items()}
+    scale = 1.0 if lowered.dtype == "float32" else 0.5
+    width = 4 if lowered.dtype == "float32" else 8
+    total = 0.0
+    for part in lowered.parts[step]:
+        if isinstance(part, Gemm):
+            batch_extent = part.batch.extent if part.batch else 1
+            outer = sympy.Mul(*(d.extent for d in part.outer))
+            work = 2 * part.m * part.n * part.k * batch_extent * outer
+            total += float(sympy.sympify(work).subs(BATCH, batch)) / (GEMM_FLOPS * scale)
+        elif isinstance(part, Spectra):
+            work = 8 * part.m * part.n * part.k * part.batch * part.count
+            total += float(sympy.sympify(work).subs(BATCH, batch)) / (DIRECT_FLOPS * scale)
+        elif isinstance(part, Transform):
+            points = math.prod(part.dims)
+            work = 2.5 * points * math.log2(max(points, 2)) * sympy.sympify(part.count)
+            total += float(work.subs(BATCH, batch)) / (FFT_FLOPS * scale)
+        else:
+            work = float(flops(part, shapes).subs(BATCH, batch)) / (DIRECT_FLOPS * scale)
+            size = sympy.Mul(*shapes[part.tensor]) if shapes[part.tensor] else 1
+            moved = 2 * width * float(sympy.sympify(size).subs(BATCH, batch)) / BANDWIDTH
+            total += max(work, moved)
+    return total / lowered.threads
+
+
+def _time(lowered: Lowered, step: Step) -> str:
+    """The estimate, and what tuning measured of each algorithm, at one batch size."""
+    tuned = lowered.tuned.get((step.node, step.role))
+    batch = next((t["batch"] for t in lowered.tuned.values()), ESTIMATE_BATCH)
+    shapes = {n: b.shape for n, b in lowered.buffers.items()}
+    work = float(sum((flops(c, shapes) for c in step.comps), sympy.Integer(0)).subs(
+        BATCH, batch))
+
+    def shown(seconds: float) -> str:
+        rate = f", {work / seconds / 1e9:.1f} GFLOP/s" if work and seconds > 0 else ""
+        return f"{seconds * 1e3:.3g} ms{rate}"
+
+    text = f"estimated {shown(estimated_seconds(lowered, step, batch))} at N={batch}"
+    if tuned:
+        measured = ", ".join(f"{a} {shown(t)}" for a, t in tuned["seconds"].items())
+        text += f"; measured {measured} (tuned: {tuned['algorithm']})"
+    return text
+
+
 def _algorithm(parts) -> str:
-    """``direct`` loops, or the matrix products the contractions became."""
-    products = [p.describe() for p in parts if isinstance(p, Gemm)]
+    """``direct`` loops, or the matrix products or FFTs the contractions became."""
+    products = [p.describe() for p in parts if isinstance(p, Gemm | Transform | Spectra)]
+    if any(isinstance(p, Transform) for p in parts):
+        products.insert(0, "fft")
     return "; ".join(products) if products else "direct loops"
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import sympy
 
 from .contract import Gemm
+from .spectral import Spectra, Transform
 from .ir.comprehension import Reduction
 
 
@@ -71,7 +72,7 @@ class Loop:
     kind: LoopKind = LoopKind.SERIAL
 
 
-Stmt = Block | Loop | Let | Update | ArgMaxUpdate | Store | Gemm
+Stmt = Block | Loop | Let | Update | ArgMaxUpdate | Store | Gemm | Transform | Spectra
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,12 @@ class Kernel:
     @property
     def can_fail(self) -> bool:
         """Whether it calls the runtime, which can run out of memory."""
-        return any(isinstance(s, Gemm) for s in walk(self.nests))
+        return any(isinstance(s, Gemm | Transform | Spectra) for s in walk(self.nests))
+
+    @property
+    def transforms(self) -> list[Transform]:
+        """The FFTs it runs, which share the module's FFT scratch."""
+        return [s for s in walk(self.nests) if isinstance(s, Transform)]
 
 
 def walk(stmts) -> list[Stmt]:
@@ -115,6 +121,11 @@ def format_nest(stmts, indent: str = "") -> str:
             lines.append(f"{indent}if {s.value} > acc: acc, arg = {s.value}, {s.index}")
         elif isinstance(s, Gemm):
             lines.append(f"{indent}{s.c.tensor} += {s.a.tensor} @ {s.b.tensor}   "
+                         f"({s.describe()})")
+        elif isinstance(s, Transform):
+            lines.append(f"{indent}{s.target} = {s.describe()}")
+        elif isinstance(s, Spectra):
+            lines.append(f"{indent}{s.c.tensor} = {s.a.tensor} * {s.b.tensor}   "
                          f"({s.describe()})")
         elif isinstance(s, Update):
             op = "+=" if s.reduction is Reduction.SUM else "max="

@@ -23,6 +23,7 @@ from .ir.affine import affine_terms, index_range, is_proven, solve_inside, strid
 from .ir.comprehension import ACC, ARG, Comprehension, Dim, Reduction, row_major
 from .loops import ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Stmt, Store, Update
 from .ops import BATCH
+from .spectral import Transform
 
 
 PARALLEL_WORK = 32768
@@ -66,11 +67,12 @@ def _reduction_outside(comp: Comprehension, shapes) -> list[Comprehension] | Non
         return None
     inner = comp.free[-1]
     extent = sympy.sympify(inner.stop)
-    if (extent.is_number and extent < 16) or comp.output.indices[-1] != inner.var:
+    if (extent.is_number and extent < 16) or inner.var not in comp.output.indices:
         return None
     for a in (comp.output, *comp.body.atoms(sympy.Indexed)):
-        if strides(a, shapes[str(a.base.label)], [inner.var])[0].get(inner.var, 0) not in (0, 1):
-            return None
+        step = strides(a, shapes[str(a.base.label)], [inner.var])[0].get(inner.var, 0)
+        if step not in ((1, 2) if a == comp.output else (0, 1, 2)):
+            return None  # a row, or the parts of interleaved complex numbers
     out = comp.output
     start = comp.reduction.identity if comp.init is None else comp.init
     combined = comp.reduction.combine(out, comp.body)
@@ -151,10 +153,14 @@ def _lower_part(part, shapes) -> tuple[Stmt, ...]:
 
 
 def _written(part) -> str:
+    if isinstance(part, Transform):
+        return part.target
     return part.tensor if isinstance(part, Comprehension) else part.c.tensor
 
 
 def _read(part) -> list[str]:
+    if isinstance(part, Transform):
+        return [part.source]
     return part.inputs() if isinstance(part, Comprehension) else [part.a.tensor, part.b.tensor]
 
 

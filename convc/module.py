@@ -149,6 +149,41 @@ class Module:
             return result
         return result, {n: args[buffer] for n, buffer in self.lowered.grads.items()}
 
+    def profile(self, repeat: int = 5, **arrays) -> dict[tuple[str, str], float]:
+        """The median seconds each step ``(node, role)`` takes over ``repeat`` calls on
+        ``arrays`` (after one call that warms caches and threads up); for a module compiled
+        with ``profile=True``, whose C times its steps."""
+        if not self.lowered.profile:
+            raise ValueError(f"module {self.lowered.graph.name!r} was compiled without step "
+                             f"timers: compile it with profile=True to profile it")
+        read = getattr(self._lib, self.lowered.entry + "_profile")
+        seconds = self._ffi.new("double[]", len(self.lowered.steps))
+        self(**arrays)
+        read(seconds)
+        runs = []
+        for _ in range(repeat):
+            self(**arrays)
+            read(seconds)
+            runs.append(list(seconds))
+        medians = np.median(np.array(runs), axis=0)
+        return {(s.node, s.role): float(t) for s, t in zip(self.lowered.steps, medians)}
+
+    def example_arguments(self, batch: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+        """Random arrays for every input and parameter at batch size ``batch`` (standard
+        normal floats; integers drawn in the range their op accepts)."""
+        rng = np.random.default_rng(seed)
+        arrays = {}
+        for b in self._expected:
+            if b.role == "seed":
+                continue
+            shape = _evaluate(b.shape, {s: batch for s in self._sizes})
+            if b.ctype == "int64_t":
+                lo, hi = self._ranges.get(b.name, (0, 2))
+                arrays[b.name] = rng.integers(lo, hi, shape)
+            else:
+                arrays[b.name] = rng.standard_normal(shape).astype(NUMPY[self.dtype])
+        return arrays
+
     def _workspace(self, sizes: list[int]):
         """This thread's workspace for the intermediate tensors, grown when too small."""
         need = self._workspace_bytes(*sizes)

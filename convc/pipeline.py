@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .codegen.cprinter import CPrinter
-from .codegen.emit import Buffer, emit_entry, emit_kernel, size_symbols
+from .codegen.emit import Buffer, emit_entry, emit_kernel, fft_scratch, size_symbols
 from .codegen.names import NameTable, c_comment, c_identifier
 from .errors import ConvcError, GraphError, InternalError
 from .graph import Graph, Node, user_source
@@ -25,8 +25,10 @@ from .loops import Kernel
 from .autodiff import Names, derive
 from .contract import ALGORITHMS, Part, plan
 from .lower import lower_node
+from . import spectral
 from .ops import fmt
 from .ops.source import Input, Param
+from .spectral import Spectra, Transform
 
 DTYPES = {"float32": "float", "float64": "double"}
 
@@ -66,6 +68,8 @@ class Lowered:
     seeds: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     threads: int = 1
+    profile: bool = False
+    tuned: dict[tuple[str, str], dict] = field(default_factory=dict)
 
     @property
     def sizes(self) -> list:
@@ -105,7 +109,7 @@ def _stage(name: str, timings: dict[str, float], node: str = ""):
 
 
 def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "auto",
-          num_threads: int | None = None) -> Lowered:
+          num_threads: int | None = None, profile: bool = False, tuned=None) -> Lowered:
     """Run every stage up to the generated C.
 
     ``grad`` adds the backward pass: ``True`` for the gradients of every parameter, or a
@@ -120,6 +124,11 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
     ``num_threads`` (default: the cores this process may use) shares the large loops and
     the matrix products' batches among threads; results do not depend on it beyond the
     order of a few sums (a kernel gradient's per-thread partial sums).
+
+    ``profile`` times every step in the C (see `Module.profile`). ``tuned`` maps a step
+    ``(node, role)`` to what `convc.tune.tune` measured: ``{"algorithm": chosen, "seconds":
+    {algorithm: seconds}, "batch": N}``; the chosen algorithm runs that step unless the
+    node has its own ``algorithm=``.
 
     Examples
     --------
@@ -159,12 +168,11 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
     parts, packed = {}, {}
     for step in steps:
         with _stage("schedule", timings, step.node):
-            node = graph.node(step.node) if step.role != "start" else None
-            chosen = node.algorithm if node is not None and node.algorithm else algorithm
-            parts[step] = _schedule(step, shapes, chosen, packed)
+            parts[step] = _schedule(step, shapes, _chosen(graph, step, algorithm, tuned),
+                                    packed)
     with _stage("buffers", timings):
-        comps = [c for p in parts.values() for c in p if isinstance(c, Comprehension)]
-        buffers = _buffers(graph, nodes, comps, grads, seeds, DTYPES[dtype])
+        ordered = [p for ps in parts.values() for p in ps]
+        buffers = _buffers(graph, nodes, ordered, grads, seeds, DTYPES[dtype], shapes)
     kernels = {}
     for step in steps:
         with _stage("lower", timings, step.node):
@@ -173,9 +181,20 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
         gname = c_identifier(graph.name)
         functions = {s: _function_name(gname, s, buffers) for s in steps}
         entry = f"convc_{gname}_{'train' if wrt else 'forward'}"
-        source, cdef = _emit(graph, steps, kernels, functions, entry, buffers, dtype, threads)
+        source, cdef = _emit(graph, steps, kernels, functions, entry, buffers, dtype, threads,
+                             profile)
     return Lowered(graph, dtype, tuple(nodes), tuple(wrt), tuple(steps), buffers, parts,
-                   kernels, functions, entry, source, cdef, grads, seeds, timings, threads)
+                   kernels, functions, entry, source, cdef, grads, seeds, timings, threads,
+                   profile, dict(tuned or {}))
+
+
+def _chosen(graph: Graph, step: Step, algorithm: str, tuned) -> str:
+    """How a step's contractions run: the node's own choice, else the tuned one, else the
+    module's."""
+    node = graph.node(step.node) if step.role != "start" else None
+    if node is not None and node.algorithm:
+        return node.algorithm
+    return (tuned or {}).get((step.node, step.role), {}).get("algorithm", algorithm)
 
 
 def _threads(num_threads) -> int:
@@ -296,21 +315,27 @@ def _shapes(graph: Graph, steps) -> dict[str, tuple]:
 
 def _schedule(step: Step, shapes: dict[str, tuple], algorithm: str, packed: dict
               ) -> tuple[Part, ...]:
-    """How each comprehension of ``step`` runs: as loops, or packed into a matrix product
-    (reading the packings of earlier steps where they are the same)."""
+    """How each comprehension of ``step`` runs: as loops, packed into a matrix product, or
+    through spectra (reading the packings and spectra of earlier steps where they are the
+    same)."""
     parts: list[Part] = []
     for comp in step.comps:
-        product = (None if algorithm == "direct"
-                   else plan(comp, shapes, algorithm == "gemm", packed))
+        product = None
+        if algorithm == "fft" or (algorithm == "auto" and spectral.pays(comp, shapes)):
+            product = spectral.plan(comp, shapes, packed)
+        if product is None and algorithm != "direct":
+            product = plan(comp, shapes, algorithm == "gemm", packed)
         parts += product or [comp]
     return tuple(parts)
 
 
-def _buffers(graph, nodes, comps, grads, seeds, float_type) -> dict[str, Buffer]:
+def _buffers(graph, nodes, parts, grads, seeds, float_type, shapes) -> dict[str, Buffer]:
     """Every tensor the C touches, with a unique C identifier, in argument order."""
+    comps = [p for p in parts if isinstance(p, Comprehension)]
     reserved = {str(d.var) for c in comps for d in c.variables}
     # the C's own locals: the accumulator, the argmax, the entry's status and workspace
-    reserved |= {str(ACC), str(ARG), "v", "status", "done", "scratch", "next", "workspace"}
+    reserved |= {str(ACC), str(ARG), "v", "status", "done", "scratch", "next", "workspace",
+                 "fft_scratch"}
     reserved |= {str(s) for n in nodes for s in _symbols(n)}
     table = NameTable(reserved)
     ctype = {"float": float_type, "int64": "int64_t", "uint8": "uint8_t"}
@@ -331,8 +356,13 @@ def _buffers(graph, nodes, comps, grads, seeds, float_type) -> dict[str, Buffer]
         add(name, nodes_by_name[name].shape, nodes_by_name[name].dtype, "output")
     for name, grad in grads.items():
         add(grad, nodes_by_name[name].shape, "float", "grad")
-    for c in comps:  # the first comprehension writing a scratch tensor covers all of it
-        if c.tensor in nodes_by_name:
+    for c in parts:  # the first comprehension writing a scratch tensor covers all of it
+        if isinstance(c, Transform | Spectra):
+            written = c.target if isinstance(c, Transform) else c.c.tensor
+            add(written, shapes[written], "float", "temp")
+        elif not isinstance(c, Comprehension):
+            continue
+        elif c.tensor in nodes_by_name:
             node = nodes_by_name[c.tensor]
             add(c.tensor, node.shape, node.dtype, "temp")
         else:
@@ -353,25 +383,29 @@ def _extent(comp: Comprehension) -> tuple:
     return tuple(index_range(i, extents)[1] + 1 for i in comp.output.indices)
 
 
-def _emit(graph, steps, kernels, functions, entry, buffers, dtype, threads):
+def _emit(graph, steps, kernels, functions, entry, buffers, dtype, threads, profile):
     printer = CPrinter(dtype, {n: (b.cname, b.shape) for n, b in buffers.items()})
     what = "the forward and backward passes" if "grad" in _roles(buffers) else "the forward pass"
     parts = [f"/* {c_comment(f'Generated by convc from graph {graph.name!r}: {what}.')} */",
              "#include <math.h>", "#include <stdint.h>", "",
              '#include "convc_runtime.h"', ""]
     calls = []
+    transforms = [t for step in steps for t in kernels[step].transforms]
+    if transforms:
+        parts += [*fft_scratch(entry, transforms, printer.float_type, threads), ""]
     for step in steps:
         kernel = kernels[step]
         parts += [emit_kernel(kernel, functions[step], _header(graph, step, buffers),
                               buffers, printer, threads), ""]
         sizes = size_symbols(buffers[t] for t in kernel.reads + kernel.writes)
         args = [str(s) for s in sizes] + [buffers[t].cname for t in kernel.reads + kernel.writes]
+        args += ["fft_scratch"] if kernel.transforms else []
         calls.append((functions[step], args, kernel.can_fail))
     header = [f"graph {_quote(graph.name)}: {what}; returns a CONVC_* status code"]
     for b in buffers.values():
         if b.role != "temp":
             header.append(f"  {b.role} {_quote(b.name)} {fmt(b.shape)} -> {b.cname}")
-    text, cdef = emit_entry(entry, header, calls, buffers, printer)
+    text, cdef = emit_entry(entry, header, calls, buffers, printer, profile, bool(transforms))
     return "\n".join(parts + [text, ""]), cdef
 
 

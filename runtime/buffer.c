@@ -1,9 +1,10 @@
-/* convc runtime: aligned scratch buffers for intermediate tensors. */
+/* convc runtime: aligned scratch buffers for intermediate tensors, and a clock. */
 
-/* posix_memalign is POSIX, not C99: ask for it before any system header. */
+/* posix_memalign and clock_gettime are POSIX, not C99: ask for it before any system header. */
 #define _POSIX_C_SOURCE 200112L
 
 #include <stdlib.h>
+#include <time.h>
 
 #include "convc_runtime.h"
 
@@ -15,3 +16,9 @@ void *convc_alloc(size_t bytes) {
 }
 
 void convc_free(void *p) { free(p); }
+
+double convc_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}

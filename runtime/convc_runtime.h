@@ -25,6 +25,9 @@ const char *convc_error_message(int code);
 void *convc_alloc(size_t bytes);
 void convc_free(void *p);
 
+/* A monotonic clock in seconds, for the step timers of a profiled module. */
+double convc_seconds(void);
+
 /* A workspace holds the intermediate tensors one after the other, each aligned; the ones
  * that a single step uses alone share a stretch with the other steps' own. */
 static inline size_t convc_aligned(size_t bytes) {
@@ -112,5 +115,20 @@ int convc_irfft_f32(int threads, int rank, const size_t *dims, size_t count, con
                     const size_t *out_lo, const size_t *out_dims, float *out, void *scratch);
 int convc_irfft_f64(int threads, int rank, const size_t *dims, size_t count, const double *in,
                     const size_t *out_lo, const size_t *out_dims, double *out, void *scratch);
+
+/* Products of spectra (spectra.c): C[b][m][n] = sum_k A[b][m][k] * B[b][k][n], or times
+ * conj(B[b][k][n]) when `conj`, frequency by frequency, where every element is a row of
+ * `count` complex numbers, (re, im) interleaved; element (b, m, k) of A starts at
+ * A + b * sa + m * rsa + k * csa (strides in reals), and likewise B and C. C is assigned and
+ * must not overlap A or B. Threads share (batch, frequency tile) pairs. Returns CONVC_OK, or
+ * CONVC_ERR_SIZE for a negative size. */
+int convc_spectra_f32(int threads, int conj, int64_t batch, int64_t M, int64_t N, int64_t K,
+                      int64_t count, const float *A, int64_t sa, int64_t rsa, int64_t csa,
+                      const float *B, int64_t sb, int64_t rsb, int64_t csb,
+                      float *C, int64_t sc, int64_t rsc, int64_t csc);
+int convc_spectra_f64(int threads, int conj, int64_t batch, int64_t M, int64_t N, int64_t K,
+                      int64_t count, const double *A, int64_t sa, int64_t rsa, int64_t csa,
+                      const double *B, int64_t sb, int64_t rsb, int64_t csb,
+                      double *C, int64_t sc, int64_t rsc, int64_t csc);
 
 #endif /* CONVC_RUNTIME_H */

@@ -15,6 +15,7 @@ import sympy
 from ..ir.comprehension import ACC, Reduction
 from ..contract import Gemm
 from ..loops import ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Store, Update
+from ..spectral import Spectra, Transform
 from .cprinter import CPrinter
 from .names import c_comment
 
@@ -60,6 +61,8 @@ def emit_kernel(kernel: Kernel, fname: str, header: list[str], buffers, printer,
     sizes = size_symbols(buffers[t] for t in kernel.reads + kernel.writes)
     comment = "\n".join(f" * {c_comment(line)}".rstrip() for line in header)
     params = parameter_list(sizes, kernel.reads, kernel.writes, buffers)
+    if kernel.transforms:
+        params += ", void *restrict fft_scratch"
     kind = "int" if kernel.can_fail else "void"
     lines = [f"/*{comment[2:]}\n */", f"static {kind} {fname}({params})", "{"]
     for stmt in kernel.nests:
@@ -105,6 +108,10 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, threads: int = 1) -
         return [f"{indent}{p(stmt.target)} = {p(stmt.value)};"]
     if isinstance(stmt, Gemm):
         return _emit_gemm(stmt, printer, buffers, indent, threads)
+    if isinstance(stmt, Transform):
+        return _emit_transform(stmt, printer, buffers, indent, threads)
+    if isinstance(stmt, Spectra):
+        return _emit_spectra(stmt, printer, buffers, indent, threads)
     raise TypeError(f"cannot emit {stmt!r}")
 
 
@@ -114,14 +121,65 @@ def _emit_gemm(gemm: Gemm, printer: CPrinter, buffers, indent: str, threads: int
     i = printer.doprint_int
     suffix = "f32" if printer.float_type == "float" else "f64"
     batch = i(gemm.batch.extent) if gemm.batch else "1"
-    args = [str(threads), batch, i(gemm.m), i(gemm.n), i(gemm.k)]
-    for view in (gemm.a, gemm.b, gemm.c):
-        offset = i(view.offset)
-        base = buffers[view.tensor].cname + ("" if offset == "0" else f" + {offset}")
-        args += [base, i(view.batch), i(view.rows), i(view.cols)]
+    args = [str(threads), batch, i(gemm.m), i(gemm.n), i(gemm.k),
+            *_views((gemm.a, gemm.b, gemm.c), printer, buffers)]
     call = f"convc_gemm_{suffix}({', '.join(args)})"
     return [f"{indent}/* {c_comment(gemm.describe())} */",
             f"{indent}if ({call} != CONVC_OK)", f"{indent}{INDENT}return CONVC_ERR_NOMEM;"]
+
+
+def _views(views, printer: CPrinter, buffers) -> list[str]:
+    """Each view as its base pointer and its batch, row and column strides."""
+    i = printer.doprint_int
+    args = []
+    for view in views:
+        offset = i(view.offset)
+        base = buffers[view.tensor].cname + ("" if offset == "0" else f" + {offset}")
+        args += [base, i(view.batch), i(view.rows), i(view.cols)]
+    return args
+
+
+def _emit_spectra(s: Spectra, printer: CPrinter, buffers, indent: str, threads: int
+                  ) -> list[str]:
+    """Products of spectra by the runtime."""
+    suffix = "f32" if printer.float_type == "float" else "f64"
+    i = printer.doprint_int
+    args = [str(threads), str(int(s.conj)), i(s.batch), i(s.m), i(s.n), i(s.k), str(s.count),
+            *_views((s.a, s.b, s.c), printer, buffers)]
+    return [f"{indent}/* {c_comment(s.describe())} */",
+            f"{indent}if (convc_spectra_{suffix}({', '.join(args)}) != CONVC_OK)",
+            f"{indent}{INDENT}return CONVC_ERR_SIZE;"]
+
+
+def _sizes(values) -> str:
+    return f"(const size_t[]){{{', '.join(map(str, values))}}}"
+
+
+def _emit_transform(t: Transform, printer: CPrinter, buffers, indent: str, threads: int
+                    ) -> list[str]:
+    """Real FFTs by the runtime, in the module's FFT scratch."""
+    suffix = "f32" if printer.float_type == "float" else "f64"
+    source, target = buffers[t.source].cname, buffers[t.target].cname
+    head = [str(threads), str(len(t.dims)), _sizes(t.dims), printer.doprint_int(t.count)]
+    if t.inverse:
+        args = [*head, source, _sizes(t.offset), _sizes(t.shape), target, "fft_scratch"]
+    else:
+        args = [*head, _sizes(t.shape), source, target, "fft_scratch"]
+    call = f"convc_{'irfft' if t.inverse else 'rfft'}_{suffix}({', '.join(args)})"
+    return [f"{indent}/* {c_comment(t.describe())} */",
+            f"{indent}if ({call} != CONVC_OK)", f"{indent}{INDENT}return CONVC_ERR_SIZE;"]
+
+
+def fft_scratch(fname: str, transforms: list[Transform], float_type: str, threads: int
+                ) -> list[str]:
+    """The function giving the bytes of scratch the module's largest FFT needs."""
+    suffix = "f32" if float_type == "float" else "f64"
+    lines = [f"/* bytes of scratch for the FFTs of {fname} */",
+             f"static size_t {fname}_fft_scratch(void)", "{", f"{INDENT}size_t bytes = 0;"]
+    for dims in dict.fromkeys(t.dims for t in transforms):
+        need = f"convc_rfft_scratch_{suffix}({threads}, {len(dims)}, {_sizes(dims)})"
+        lines.append(f"{INDENT}bytes = convc_max_size(bytes, {need});")
+    return [*lines, f"{INDENT}return bytes;", "}"]
 
 
 def _own_temps(temps: list[Buffer], calls) -> list[list[Buffer]]:
@@ -133,13 +191,17 @@ def _own_temps(temps: list[Buffer], calls) -> list[list[Buffer]]:
 
 
 def emit_entry(fname: str, header: list[str], calls: list[tuple[str, list[str], bool]],
-               buffers: dict[str, Buffer], printer: CPrinter) -> tuple[str, str]:
+               buffers: dict[str, Buffer], printer: CPrinter, profile: bool = False,
+               ffts: bool = False) -> tuple[str, str]:
     """The module's entry point, the function sizing its workspace, and their prototypes.
 
     ``calls`` lists the node functions in order with their argument names, and whether
     each returns a status to check. The intermediate tensors live in one workspace of
     ``<fname>_workspace(sizes)`` bytes: the caller's (reused from call to call, so no page
-    is faulted in twice), or one the entry allocates when given NULL.
+    is faulted in twice), or one the entry allocates when given NULL. ``profile`` times
+    each call; ``<fname>_profile(seconds)`` reads the times added up since it last ran.
+    ``ffts``: the steps share a scratch for their FFTs (``<fname>_fft_scratch()`` bytes),
+    kept in the workspace.
     """
     temps = [b for b in buffers.values() if b.role == "temp"]
     reads = [b.name for b in buffers.values() if b.role in ("input", "param", "seed")]
@@ -152,13 +214,15 @@ def emit_entry(fname: str, header: list[str], calls: list[tuple[str, list[str], 
               for b in temps}
     own = _own_temps(temps, calls)
     kept = [b for b in temps if not any(b in mine for mine in own)]
+    scratch = f"convc_aligned({fname}_fft_scratch())"
     sizer = [f"/* bytes of workspace that {fname} needs: the tensors kept from step to step,",
              " * then the largest set that one step uses alone */",
              f"size_t {fname}_workspace({size_params})", "{"]
     if not temps:
         sizer += [f"{INDENT}(void){s};" for s in sizes] + [f"{INDENT}return 0;", "}"]
     else:
-        total = f"\n{INDENT}    + ".join(f"convc_aligned({nbytes[b.name]})" for b in kept) or "0"
+        total = f"\n{INDENT}    + ".join([f"convc_aligned({nbytes[b.name]})" for b in kept]
+                                       + ([scratch] if ffts else [])) or "0"
         if not any(own):
             sizer += [f"{INDENT}return {total};", "}"]
         else:
@@ -177,6 +241,8 @@ def emit_entry(fname: str, header: list[str], calls: list[tuple[str, list[str], 
                   f"{INDENT}char *next = scratch;"]
         lines += [f"{INDENT}{b.ctype} *{b.cname} = convc_take(&next, {nbytes[b.name]});"
                   for b in kept]
+        if ffts:
+            lines.append(f"{INDENT}void *fft_scratch = convc_take(&next, {scratch});")
         if any(own):
             lines += [f"{INDENT}/* each step's own tensors, one step at a time */",
                       f"{INDENT}char *alone = next;"]
@@ -185,17 +251,23 @@ def emit_entry(fname: str, header: list[str], calls: list[tuple[str, list[str], 
     checked = any(fails for _, _, fails in calls)
     if checked:
         lines.append(f"{INDENT}int status = CONVC_OK;")
-    for (name, args, fails), mine in zip(calls, own):
+    if profile:
+        lines.append(f"{INDENT}double started;")
+    for i, ((name, args, fails), mine) in enumerate(zip(calls, own)):
         if mine:
             lines.append(f"{INDENT}next = alone;")
             lines += [f"{INDENT}{b.ctype} *{b.cname} = convc_take(&next, {nbytes[b.name]});"
                       for b in mine]
+        if profile:
+            lines.append(f"{INDENT}started = convc_seconds();")
         call = f"{name}({', '.join(args)})"
         if fails:
             lines += [f"{INDENT}if ((status = {call}) != CONVC_OK)",
                       f"{INDENT}{INDENT}goto done;"]
         else:
             lines.append(f"{INDENT}{call};")
+        if profile:
+            lines.append(f"{INDENT}{fname}_spent[{i}] += convc_seconds() - started;")
     if checked:
         lines.append("done:")
     if temps:
@@ -203,4 +275,17 @@ def emit_entry(fname: str, header: list[str], calls: list[tuple[str, list[str], 
     lines += [f"{INDENT}return {'status' if checked else 'CONVC_OK'};", "}"]
     text = "\n".join(sizer) + "\n\n" + "\n".join(lines)
     cdef = f"int {fname}({params});\nsize_t {fname}_workspace({size_params});"
+    if profile:
+        text = "\n".join(_timers(fname, len(calls))) + "\n\n" + text
+        cdef += f"\nvoid {fname}_profile(double *seconds);"
     return text, cdef
+
+
+def _timers(fname: str, count: int) -> list[str]:
+    """The seconds each step of a profiled entry has taken, and the function reading them."""
+    return [f"/* seconds spent in each step since {fname}_profile last read them */",
+            f"static double {fname}_spent[{count}];", "",
+            f"void {fname}_profile(double *seconds)", "{",
+            f"{INDENT}for (int i = 0; i < {count}; ++i) {{",
+            f"{INDENT}{INDENT}seconds[i] = {fname}_spent[i];",
+            f"{INDENT}{INDENT}{fname}_spent[i] = 0.0;", f"{INDENT}}}", "}"]

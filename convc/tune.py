@@ -1,0 +1,73 @@
+"""Tuning: confirm the cost model's choice of algorithm by timing every step on this machine.
+
+`tune` compiles the graph once per candidate algorithm (every contraction packed into
+matrix products, then every one as direct loops), with step timers (`Module.profile`), runs
+each on random arrays at one batch size, and keeps for every step ``(node, role)`` the
+faster (steps that are never products have no choice to make). What it measured is cached in ``<cache>/tune-<machine>.json``, keyed by the step's
+signature: its node's op and attributes, its input shapes, its role, the dtype, the
+threads and the batch. A graph whose steps are all known there is not timed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .build import cache_dir, machine_signature
+from .contract import Gemm
+
+CANDIDATES = ("gemm", "direct")
+DEFAULT_BATCH = 32
+
+
+def tune(graph, dtype: str, grad, num_threads: int | None, batch: int = DEFAULT_BATCH,
+         repeat: int = 5) -> dict[tuple[str, str], dict]:
+    """Per step ``(node, role)``: ``{"algorithm": fastest, "seconds": {candidate: median},
+    "batch": batch}``, measured (or read from the cache) for every step with a choice."""
+    from . import compile as compile_graph
+    from .pipeline import lower
+
+    probe = lower(graph, dtype, grad=grad, algorithm="gemm", num_threads=num_threads)
+    keys = {(s.node, s.role): _signature(probe, s, batch) for s in probe.steps
+            if any(isinstance(p, Gemm) for p in probe.parts[s])}  # steps with a choice
+    path = cache_dir() / f"tune-{machine_signature()}.json"
+    known = _load(path)
+    if not all(k in known for k in keys.values()):
+        measured: dict[tuple[str, str], dict[str, float]] = {step: {} for step in keys}
+        for candidate in CANDIDATES:
+            module = compile_graph(graph, dtype, grad=grad, algorithm=candidate,
+                                   num_threads=num_threads, profile=True)
+            times = module.profile(repeat, **module.example_arguments(batch))
+            for step in keys:
+                measured[step][candidate] = times[step]
+        known.update({keys[step]: seconds for step, seconds in measured.items()})
+        _store(path, known)
+    return {step: {"algorithm": min(known[key], key=known[key].get),
+                   "seconds": dict(known[key]), "batch": batch}
+            for step, key in keys.items()}
+
+
+def _signature(lowered, step, batch: int) -> str:
+    node = lowered.graph.node(step.node)
+    shapes = [str(lowered.graph.node(i).shape) for i in node.inputs]
+    wrt = sorted(set(node.inputs) & set(lowered.wrt))
+    text = "|".join([repr(node.op), *shapes, step.role, str(wrt), lowered.dtype,
+                     str(lowered.threads), str(batch)])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _store(path: Path, known: dict) -> None:
+    """Write by renaming a finished file into place: a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_suffix(f".{os.getpid()}.part")
+    part.write_text(json.dumps(known, indent=1, sort_keys=True))
+    part.replace(path)
