@@ -30,7 +30,7 @@ from .ops.loss import MeanSquaredError
 from .ops.pool import GlobalPool, Pool
 from .ops.reshape import Flatten
 from .ops.softmax import Softmax, SoftmaxCrossEntropy
-from .ops.source import Input, Param
+from .ops.source import Constant, Input, Param
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -49,7 +49,7 @@ class Node:
 
     @property
     def is_source(self) -> bool:
-        return isinstance(self.op, (Input, Param))
+        return isinstance(self.op, (Input, Param, Constant))
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +170,8 @@ class Graph:
         weight: Tensor | None = None,
         name: str | None = None,
         algorithm: str | None = None,
+        flip: bool = False,
+        connections=None,
     ) -> Tensor:
         """Convolution (cross-correlation, equation 9.7) over 1, 2 or 3 spatial axes.
 
@@ -180,10 +182,15 @@ class Graph:
         existing parameter instead of creating ``<node>.weight`` (shared weights).
         ``algorithm`` (``"gemm"``, ``"direct"`` or ``"auto"``) overrides, for this node and
         its gradients, the module's choice of how they run (see `convc.lower`).
+        ``weight`` may also be a `constant` (a fixed kernel). ``flip=True`` computes true
+        convolution (equations 9.4-9.5, the kernel flipped) instead of cross-correlation.
+        ``connections``, a boolean ``(channels, in_channels)`` array, connects output
+        channel k to input channel c only where ``connections[k, c]`` (figure 9.15).
         """
         return self._layer(Conv, (x,), name, {"weight": weight}, algorithm, channels=channels,
                            kernel=kernel, stride=stride,
-                           padding=padding, dilation=dilation, groups=groups, bias=bias)
+                           padding=padding, dilation=dilation, groups=groups, bias=bias,
+                           flip=flip, connections=connections)
 
     def conv_transpose(
         self,
@@ -242,6 +249,31 @@ class Graph:
     def global_avg_pool(self, x: Tensor, name: str | None = None) -> Tensor:
         """Mean over all spatial positions: ``(N, C, ...)`` to ``(N, C)``."""
         return self._layer(GlobalPool, (x,), name, kind="avg")
+
+    # -- constants, weighted pooling (figure 9.15, section 9.3) -----------------------------
+
+    def constant(self, name: str, array) -> Tensor:
+        """A fixed float tensor: not an input a caller passes, not a parameter, never
+        differentiated. Its values are baked into the generated C (see
+        `convc.ops.source.Constant`); use it as a layer's ``weight=`` or as an operand.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> g = Graph("edges")
+        >>> k = g.constant("k", np.array([[[[-1.0, 1.0]]]]))
+        >>> g.conv(g.input("x", (None, 1, 4, 5)), 1, (1, 2), weight=k, bias=False).shape
+        (N, 1, 4, 4)
+        """
+        self._check_name(name)
+        ctx = OpContext(name, (), (), user_source())
+        op = Constant.from_args(ctx, array=array)
+        shape, dtype = op.infer(ctx)
+        return self._insert(Node(name, op, (), shape, dtype, ctx.source))
+
+    def constants(self) -> dict[str, tuple[Any, ...]]:
+        """Constant tensors, with their shapes."""
+        return {n.name: n.shape for n in self.nodes() if isinstance(n.op, Constant)}
 
     def relu(self, x: Tensor, name: str | None = None) -> Tensor:
         return self._layer(Relu, (x,), name)
@@ -311,16 +343,18 @@ class Graph:
                 params.append(given[spec.role].name)
                 continue
             params.append(f"{name}.{spec.role}")
-            self._insert(Node(params[-1], Param(fan_in=spec.fan_in), (), spec.shape, "float",
-                              ctx.source))
+            made = (Param(fan_in=spec.fan_in) if spec.value is None
+                    else Constant.from_args(ctx, array=spec.value))
+            self._insert(Node(params[-1], made, (), spec.shape, "float", ctx.source))
         inputs = tuple(t.name for t in args) + tuple(params)
         return self._insert(Node(name, op, inputs, shape, dtype, ctx.source, algorithm))
 
     def _check_shared(self, ctx: OpContext, spec, tensor) -> None:
         self._check_tensor(tensor, f"{spec.role} of {ctx.name}")
         node = self.node(tensor.name)
-        if not isinstance(node.op, Param):
-            raise ctx.error(f"a shared {spec.role} must be a parameter, found {tensor.name!r} "
+        if spec.value is not None or not isinstance(node.op, Param | Constant):
+            raise ctx.error(f"a shared {spec.role} must be a parameter or a constant, "
+                            f"found {tensor.name!r} "
                             f"({node.op.kind})")
         if node.shape != spec.shape:
             raise ctx.error(f"shared {spec.role} {tensor.name!r} has shape {fmt(node.shape)}, "
