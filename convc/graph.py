@@ -31,6 +31,7 @@ from .ops.pool import GlobalPool, Pool
 from .ops.reshape import Flatten
 from .ops.softmax import Softmax, SoftmaxCrossEntropy
 from .ops.source import Constant, Input, Param
+from .ops.weighted_pool import WeightedPool
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -274,6 +275,17 @@ class Graph:
     def constants(self) -> dict[str, tuple[Any, ...]]:
         """Constant tensors, with their shapes."""
         return {n.name: n.shape for n in self.nodes() if isinstance(n.op, Constant)}
+
+    def weighted_pool(self, x: Tensor, window, stride=None, padding=0, weights="gaussian",
+                      sigma: float = 1.0, name: str | None = None) -> Tensor:
+        """Weighted average pooling (section 9.3): each window's cells weighted by their
+        distance from its centre, ``exp(-r² / (2·sigma²))``, or by ``weights``, an array of
+        the window's shape; either way divided by their sum. Padded cells read 0 and keep
+        their weight (as ``avg_pool(count_include_pad=True)``). The weights are a constant
+        ``<node>.weights``.
+        """
+        return self._layer(WeightedPool, (x,), name, window=window, stride=stride,
+                           padding=padding, weights=weights, sigma=sigma)
 
     def relu(self, x: Tensor, name: str | None = None) -> Tensor:
         return self._layer(Relu, (x,), name)
