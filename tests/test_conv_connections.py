@@ -41,7 +41,7 @@ def table_conv_loop(x, w, b, table, stride, pad, groups):
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def table_net(table_key, channels, stride, pad, groups, algorithm="auto"):
     table = np.array(table_key, dtype=bool)
     g = convc.Graph("table")

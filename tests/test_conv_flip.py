@@ -16,8 +16,15 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from scipy.signal import convolve
-from test_autodiff import (SETTINGS, case_args, check_finite_differences, conv_arrays,
-                           conv_cases, conv_forward, conv_grads_scatter)
+from test_autodiff import (
+    SETTINGS,
+    case_args,
+    check_finite_differences,
+    conv_arrays,
+    conv_cases,
+    conv_forward,
+    conv_grads_scatter,
+)
 
 import convc
 
@@ -27,7 +34,7 @@ def flipped(w):
     return w[(slice(None), slice(None), *(slice(None, None, -1),) * (w.ndim - 2))]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def flip_net(sizes, cin, channels, kernel, stride, dilation, padding, groups, bias,
              algorithm="auto"):
     g = convc.Graph("flip")

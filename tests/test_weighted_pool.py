@@ -43,7 +43,7 @@ def weighted_pool_ref(x, weights, stride, pad):
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pool_net(sizes, window, stride, pad, weights_key, sigma):
     weights = "gaussian" if weights_key is None else np.array(weights_key)
     g = convc.Graph("wpool")

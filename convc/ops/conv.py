@@ -12,13 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import sympy
 
-import numpy as np
-
 from ..ir.comprehension import Comprehension, Reduction
-from . import (Op, OpContext, ParamSpec, fmt, index, is_int, per_axis, positive_int,
-               spatial_rank)
+from . import Op, OpContext, ParamSpec, fmt, index, is_int, per_axis, positive_int, spatial_rank
 
 PADDING_MODES = ("valid", "same", "full")
 
