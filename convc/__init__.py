@@ -20,6 +20,7 @@ from .errors import (
     ScheduleError,
 )
 from .graph import Graph, Tensor
+from .matrix import conv_matrix
 from .module import Module
 from .pipeline import Lowered, lower
 
@@ -68,5 +69,5 @@ def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str 
 __all__ = [
     "ArgumentError", "CompileError", "ConvcError", "DerivationError", "ExecutionError",
     "Graph", "GraphError", "InternalError", "Lowered", "Module", "ScheduleError", "Tensor",
-    "clear_cache", "compile", "lower",
+    "clear_cache", "compile", "conv_matrix", "lower",
 ]

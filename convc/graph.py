@@ -31,7 +31,8 @@ from .ops.pool import GlobalPool, Pool
 from .ops.reshape import Flatten
 from .ops.separable import SeparableConv
 from .ops.softmax import Softmax, SoftmaxCrossEntropy
-from .ops.source import Input, Param
+from .ops.source import Constant, Input, Param
+from .ops.weighted_pool import WeightedPool
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -50,7 +51,7 @@ class Node:
 
     @property
     def is_source(self) -> bool:
-        return isinstance(self.op, (Input, Param))
+        return isinstance(self.op, (Input, Param, Constant))
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +173,8 @@ class Graph:
         name: str | None = None,
         algorithm: str | None = None,
         separable: bool = False,
+        flip: bool = False,
+        connections=None,
     ) -> Tensor:
         """Convolution (cross-correlation, equation 9.7) over 1, 2 or 3 spatial axes.
 
@@ -185,17 +188,22 @@ class Graph:
         ``separable=True`` learns the kernel as an outer product of one 1-D factor per axis,
         ``<node>.weight0``, ``<node>.weight1``… of shape ``(channels, in_channels / groups,
         kernel[a])``, and runs it as one pass per axis (section 9.8).
+        ``weight`` may also be a `constant` (a fixed kernel). ``flip=True`` computes true
+        convolution (equations 9.4-9.5, the kernel flipped) instead of cross-correlation.
+        ``connections``, a boolean ``(channels, in_channels)`` array, connects output
+        channel k to input channel c only where ``connections[k, c]`` (figure 9.15).
         """
         if separable:
-            if weight is not None:
+            if weight is not None or flip or connections is not None:
                 raise GraphError(f"a separable convolution learns its own 1-D factors; "
-                                 f"it cannot share the weight {weight!r} ({user_source()})")
+                                 f"it takes no weight, flip or connections ({user_source()})")
             return self._layer(SeparableConv, (x,), name, None, algorithm, channels=channels,
                                kernel=kernel, stride=stride, padding=padding,
                                dilation=dilation, groups=groups, bias=bias)
         return self._layer(Conv, (x,), name, {"weight": weight}, algorithm, channels=channels,
                            kernel=kernel, stride=stride,
-                           padding=padding, dilation=dilation, groups=groups, bias=bias)
+                           padding=padding, dilation=dilation, groups=groups, bias=bias,
+                           flip=flip, connections=connections)
 
     def conv_transpose(
         self,
@@ -254,6 +262,42 @@ class Graph:
     def global_avg_pool(self, x: Tensor, name: str | None = None) -> Tensor:
         """Mean over all spatial positions: ``(N, C, ...)`` to ``(N, C)``."""
         return self._layer(GlobalPool, (x,), name, kind="avg")
+
+    # -- constants, weighted pooling (figure 9.15, section 9.3) -----------------------------
+
+    def constant(self, name: str, array) -> Tensor:
+        """A fixed float tensor: not an input a caller passes, not a parameter, never
+        differentiated. Its values are baked into the generated C (see
+        `convc.ops.source.Constant`); use it as a layer's ``weight=`` or as an operand.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> g = Graph("edges")
+        >>> k = g.constant("k", np.array([[[[-1.0, 1.0]]]]))
+        >>> g.conv(g.input("x", (None, 1, 4, 5)), 1, (1, 2), weight=k, bias=False).shape
+        (N, 1, 4, 4)
+        """
+        self._check_name(name)
+        ctx = OpContext(name, (), (), user_source())
+        op = Constant.from_args(ctx, array=array)
+        shape, dtype = op.infer(ctx)
+        return self._insert(Node(name, op, (), shape, dtype, ctx.source))
+
+    def constants(self) -> dict[str, tuple[Any, ...]]:
+        """Constant tensors, with their shapes."""
+        return {n.name: n.shape for n in self.nodes() if isinstance(n.op, Constant)}
+
+    def weighted_pool(self, x: Tensor, window, stride=None, padding=0, weights="gaussian",
+                      sigma: float = 1.0, name: str | None = None) -> Tensor:
+        """Weighted average pooling (section 9.3): each window's cells weighted by their
+        distance from its centre, ``exp(-r² / (2·sigma²))``, or by ``weights``, an array of
+        the window's shape; either way divided by their sum. Padded cells read 0 and keep
+        their weight (as ``avg_pool(count_include_pad=True)``). The weights are a constant
+        ``<node>.weights``.
+        """
+        return self._layer(WeightedPool, (x,), name, window=window, stride=stride,
+                           padding=padding, weights=weights, sigma=sigma)
 
     def relu(self, x: Tensor, name: str | None = None) -> Tensor:
         return self._layer(Relu, (x,), name)
@@ -323,16 +367,18 @@ class Graph:
                 params.append(given[spec.role].name)
                 continue
             params.append(f"{name}.{spec.role}")
-            self._insert(Node(params[-1], Param(fan_in=spec.fan_in), (), spec.shape, "float",
-                              ctx.source))
+            made = (Param(fan_in=spec.fan_in) if spec.value is None
+                    else Constant.from_args(ctx, array=spec.value))
+            self._insert(Node(params[-1], made, (), spec.shape, "float", ctx.source))
         inputs = tuple(t.name for t in args) + tuple(params)
         return self._insert(Node(name, op, inputs, shape, dtype, ctx.source, algorithm))
 
     def _check_shared(self, ctx: OpContext, spec, tensor) -> None:
         self._check_tensor(tensor, f"{spec.role} of {ctx.name}")
         node = self.node(tensor.name)
-        if not isinstance(node.op, Param):
-            raise ctx.error(f"a shared {spec.role} must be a parameter, found {tensor.name!r} "
+        if spec.value is not None or not isinstance(node.op, Param | Constant):
+            raise ctx.error(f"a shared {spec.role} must be a parameter or a constant, "
+                            f"found {tensor.name!r} "
                             f"({node.op.kind})")
         if node.shape != spec.shape:
             raise ctx.error(f"shared {spec.role} {tensor.name!r} has shape {fmt(node.shape)}, "

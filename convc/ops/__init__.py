@@ -40,11 +40,13 @@ class OpContext:
 
 @dataclass(frozen=True, slots=True)
 class ParamSpec:
-    """A parameter a layer creates: ``<node>.<role>`` of ``shape``."""
+    """A parameter a layer creates: ``<node>.<role>`` of ``shape``; with ``value`` (a
+    float array of that shape) a constant instead, never differentiated."""
 
     role: str
     shape: tuple[int, ...]
     fan_in: int
+    value: Any = None
 
 
 class Op:

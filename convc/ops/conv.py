@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import sympy
 
 from ..ir.comprehension import Comprehension, Reduction
-from . import (Op, OpContext, ParamSpec, fmt, index, is_int, per_axis, positive_int,
-               spatial_rank)
+from . import Op, OpContext, ParamSpec, fmt, index, is_int, per_axis, positive_int, spatial_rank
 
 PADDING_MODES = ("valid", "same", "full")
 
@@ -33,10 +33,12 @@ class Conv(Op):
     padding: tuple[tuple[int, int], ...]
     groups: int
     bias: bool
+    flip: bool = False
+    connections: tuple[tuple[bool, ...], ...] | None = None
 
     @classmethod
     def from_args(cls, ctx: OpContext, *, channels, kernel, stride, padding, dilation,
-                  groups, bias) -> Conv:
+                  groups, bias, flip=False, connections=None) -> Conv:
         rank = spatial_rank(ctx)
         channels = positive_int(channels, "channels", ctx)
         groups = positive_int(groups, "groups", ctx)
@@ -45,8 +47,13 @@ class Conv(Op):
         dilation = per_axis(dilation, rank, "dilation", ctx)
         extents = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
         pads = resolve_padding(padding, ctx.shapes[0][2:], extents, stride, ctx)
+        if not isinstance(flip, bool):
+            raise ctx.error(f"flip must be True or False, found {flip!r}")
+        table = None if connections is None else check_connections(
+            ctx, connections, channels, groups)
         return cls(channels=channels, kernel=kernel, stride=stride, dilation=dilation,
-                   padding=pads, groups=groups, bias=bool(bias))
+                   padding=pads, groups=groups, bias=bool(bias), flip=flip,
+                   connections=table)
 
     @property
     def rank(self) -> int:
@@ -59,7 +66,14 @@ class Conv(Op):
         per_group = cin // self.groups
         fan_in = per_group * math.prod(self.kernel)
         weight = ParamSpec("weight", (self.channels, per_group, *self.kernel), fan_in)
-        return (weight, ParamSpec("bias", (self.channels,), fan_in)) if self.bias else (weight,)
+        specs = (weight, ParamSpec("bias", (self.channels,), fan_in)) if self.bias else (weight,)
+        if self.connections is not None:
+            table = np.array(self.connections, dtype=np.float64)
+            if table.shape[1] != cin:
+                raise ctx.error(f"connections must be a (out_channels, in_channels) table of "
+                                f"shape {(self.channels, cin)}, found {table.shape}")
+            specs += (ParamSpec("connections", table.shape, 0, value=table),)
+        return specs
 
     def infer(self, ctx: OpContext):
         x = ctx.shapes[0]
@@ -87,12 +101,17 @@ class Conv(Op):
         spatial = [s * i + d * m - lo for i, m, s, d, (lo, _) in
                    zip(outs, ms, self.stride, self.dilation, self.padding)]
         kout = g * Kg + k
+        masked = ()
+        if self.connections is not None:
+            masked = (self._masked_weight(out, w, ins[-1], shapes[1], (g, G), (k, Kg), Cg),)
+            w = masked[0].tensor
+        taps = [M - 1 - m for m, M in zip(ms, self.kernel)] if self.flip else ms
         V = sympy.IndexedBase(x)[(n, g * Cg + c, *spatial)]
-        W = sympy.IndexedBase(w)[(kout, c, *ms)]
+        W = sympy.IndexedBase(w)[(kout, c, *taps)]
         Z = sympy.IndexedBase(out)[(n, kout, *outs)]
         free = [(n, shapes[0][0])] + ([(g, G)] if G > 1 else []) + [(k, Kg)]
         free += list(zip(outs, out_shape[2:]))
-        return (Comprehension(
+        return masked + (Comprehension(
             output=Z,
             free=tuple(free),
             reduced=((c, sympy.Integer(Cg)), *zip(ms, map(sympy.Integer, self.kernel))),
@@ -102,6 +121,43 @@ class Conv(Op):
             fill=((x, sympy.Integer(0)),),
             equation="eq. 9.7" if set(self.stride) == {1} else "eq. 9.8",
         ),)
+
+    def _masked_weight(self, out, w, table, wshape, group, kk, Cg) -> Comprehension:
+        """``W~[g·K' + k, c, m] = W[g·K' + k, c, m] · T[g·K' + k, g·C' + c]`` (figure 9.15)."""
+        (g, G), (k, Kg) = group, kk
+        c = index("c")
+        ms = [index(f"m{a}") for a in range(self.rank)]
+        kout = g * Kg + k
+        W = sympy.IndexedBase(w)[(kout, c, *ms)]
+        T = sympy.IndexedBase(table)[kout, g * Cg + c]
+        free = ([(g, G)] if G > 1 else []) + [(k, Kg), (c, Cg)]
+        return Comprehension(
+            output=sympy.IndexedBase(f"{out}.masked")[(kout, c, *ms)],
+            free=(*free, *zip(ms, wshape[2:])),
+            body=W * T,
+            equation="fig. 9.15",
+        )
+
+
+def check_connections(ctx: OpContext, table, channels: int, groups: int):
+    """A boolean ``(channels, in_channels)`` table (figure 9.15), as nested tuples; with
+    groups, a pair in different groups cannot be connected."""
+    a = np.asarray(table)
+    if a.dtype != np.bool_ or a.ndim != 2:
+        raise ctx.error(f"connections must be a 2-d boolean (out_channels, in_channels) "
+                        f"array, found dtype {a.dtype} and shape {a.shape}")
+    cin = ctx.shapes[0][1]
+    if a.shape != (channels, cin):
+        raise ctx.error(f"connections must have shape (out_channels, in_channels) = "
+                        f"{(channels, cin)}, found {a.shape}")
+    if groups > 1 and cin % groups == 0 and channels % groups == 0:
+        kg, cg = channels // groups, cin // groups
+        inside = np.kron(np.eye(groups, dtype=bool), np.ones((kg, cg), dtype=bool))
+        if (a & ~inside).any():
+            k, c = map(int, np.argwhere(a & ~inside)[0])
+            raise ctx.error(f"connections[{k}, {c}] links channels of different groups "
+                            f"(groups={groups})")
+    return tuple(tuple(bool(v) for v in row) for row in a)
 
 
 def check_groups(ctx: OpContext, cin: int, cout: int, groups: int) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import BATCH, Op, OpContext, is_int
 
 DTYPES = ("float", "int64")
@@ -50,3 +52,38 @@ class Param(Op):
     arity = 0
 
     fan_in: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Constant(Op):
+    """A fixed float tensor (a hand-made kernel, a channel table, pooling weights).
+
+    Its values are baked into the generated C as a ``static const`` table rather than passed
+    at call time: the C is then complete on its own (an exported module needs nothing
+    from Python to run it), a caller cannot pass a wrong array, and as the values are part
+    of the C text, the module's cache key (a hash of that text) changes with them. It is
+    never differentiated.
+    """
+
+    kind = "constant"
+    arity = 0
+
+    dims: tuple[int, ...]
+    values: tuple[float, ...]  # row-major, as exact Python floats
+
+    @classmethod
+    def from_args(cls, ctx: OpContext, *, array) -> Constant:
+        a = np.asarray(array)
+        if a.dtype.kind != "f":
+            raise ctx.error(f"a constant must be a float array (float32 or float64), "
+                            f"found dtype {a.dtype}; convert it with .astype(float)")
+        if a.ndim < 1 or a.size == 0:
+            raise ctx.error(f"a constant must have at least one axis and one element, "
+                            f"found shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise ctx.error("a constant must hold finite values, found inf or nan")
+        values = tuple(float(v) for v in a.astype(np.float64).ravel())
+        return cls(dims=tuple(int(d) for d in a.shape), values=values)
+
+    def infer(self, ctx: OpContext):
+        return self.dims, "float"
