@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 
 import sympy
 
-from .ir.affine import index_range, is_proven, strides
+from .ir.affine import affine_terms, index_range, is_proven, strides
 from .ir.comprehension import Comprehension, Dim, Reduction
 
 ALGORITHMS = ("auto", "gemm", "direct", "fft")
@@ -125,7 +125,9 @@ def cost(comp: Comprehension, shapes: dict[str, tuple]) -> float:
 
 def from_zero(comp: Comprehension) -> Comprehension:
     """Every variable counted from 0: ``1 <= u < 29`` becomes ``u < 28`` with ``u + 1``
-    written for ``u`` (a phase of a strided input gradient starts past the padding)."""
+    written for ``u`` (a phase of a strided input gradient starts past the padding).
+    Constraints on a free variable alone become its bounds first (see `_narrowed`)."""
+    comp = _narrowed(comp)
     loop_vars = {d.var for d in comp.variables}
     shift = {d.var: d.var + d.start for d in comp.variables
              if d.start != 0 and not d.start.free_symbols & loop_vars}
@@ -143,6 +145,29 @@ def from_zero(comp: Comprehension) -> Comprehension:
                    reduced=dims(comp.reduced), body=sub(comp.body), init=sub(comp.init),
                    inside=frozenset(sub(a) for a in comp.inside),
                    where=tuple((sub(e), lo, hi) for e, lo, hi in comp.where))
+
+
+def _narrowed(comp: Comprehension) -> Comprehension:
+    """A constraint on one free variable alone, ``lo <= ±v + c < hi`` (an output access
+    offset by the padding, as an input gradient's is), as that variable's bounds: a product
+    then covers only the points computed and writes no element outside its output."""
+    free = {d.var: d for d in comp.free}
+    bounds, where = {}, []
+    for e, lo, hi in comp.where:
+        coeffs, const = affine_terms(e, list(free))
+        (v, a), = coeffs.items() if len(coeffs) == 1 else ((None, 0),)
+        if v is None or abs(a) != 1 or e.free_symbols - {v} or not (lo - const).is_number \
+                or not (hi - const).is_number:
+            where.append((e, lo, hi))
+            continue
+        low, high = (lo - const, hi - const) if a == 1 else (const - hi + 1, const - lo + 1)
+        start, stop = bounds.get(v, (free[v].start, free[v].stop))
+        bounds[v] = (sympy.Max(start, low), sympy.Min(stop, high))
+    if not bounds:
+        return comp
+    dims = tuple(Dim(d.var, *bounds[d.var]) if d.var in bounds else d for d in comp.free)
+    dims = tuple(Dim(d.var, d.start, sympy.Max(d.start, d.stop)) for d in dims)
+    return replace(comp, free=dims, where=tuple(where))
 
 
 def operands(comp: Comprehension):
