@@ -243,7 +243,8 @@ def _argmax(comp: Comprehension, names: Names) -> Comprehension:
     small = cells.is_number and cells <= 255
     return Comprehension(output=index, free=comp.free, reduced=comp.reduced,
                          reduction=Reduction.ARGMAX, body=comp.body, fill=comp.fill,
-                         equation=comp.equation, dtype="uint8" if small else None)
+                         where=comp.where, equation=comp.equation,
+                         dtype="uint8" if small else None)
 
 
 def _tensors_needing_grad(comps, seeds: set[str], wrt: set[str]) -> set[str]:
