@@ -22,8 +22,15 @@ import math
 import numpy as np
 import pytest
 import sympy
-from test_autodiff import (away_from_zero, c_function_lines, check_finite_differences,
-                           count_updates, innermost_c_lines, innermost_statements, step_of)
+from test_autodiff import (
+    away_from_zero,
+    c_function_lines,
+    check_finite_differences,
+    count_updates,
+    innermost_c_lines,
+    innermost_statements,
+    step_of,
+)
 
 import convc
 from convc.loops import Update
@@ -107,7 +114,7 @@ def channel_graph(g, x):
             g.channel_pool(x, group=6, name="cmax6"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def channel_net(rank, dtype="float64", grad=("x",)):
     return net_of(channel_graph, CHANNEL_SHAPES[rank], dtype, grad)
 
@@ -134,7 +141,7 @@ def test_channel_pool_finite_differences(rank):
     net = channel_net(rank)
     rng = np.random.default_rng(10 + rank)
     x = away_from_zero(rng.standard_normal((2, *CHANNEL_SHAPES[rank])))
-    check_finite_differences(net, dict(x=x), ["x"], random_seeds(net, 2, rng), rng)
+    check_finite_differences(net, {"x": x}, ["x"], random_seeds(net, 2, rng), rng)
 
 
 @pytest.mark.parametrize("values", ["three_levels", "constant"])
@@ -185,7 +192,7 @@ def adaptive_sizes(shape, output_size):
     return tuple(s if o is None else o for s, o in zip(shape, wanted))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def adaptive_net(shape, output_size, dtype="float64", grad=("x",)):
     return net_of(lambda g, x: (g.adaptive_max_pool(x, output_size, name="amax"),
                                 g.adaptive_avg_pool(x, output_size, name="aavg")),
@@ -241,7 +248,7 @@ def test_adaptive_pool_finite_differences(shape, output_size):
     net = adaptive_net(shape, output_size)
     rng = np.random.default_rng(len(shape) + 20)
     x = rng.standard_normal((2, 2, *shape))
-    check_finite_differences(net, dict(x=x), ["x"], random_seeds(net, 2, rng), rng)
+    check_finite_differences(net, {"x": x}, ["x"], random_seeds(net, 2, rng), rng)
 
 
 @pytest.mark.parametrize("values", ["three_levels", "constant"])
@@ -292,7 +299,7 @@ def test_average_pool_adjoint_identity(case):
 
 # -- global pooling over every rank -------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def global_net(rank):
     shape = {1: (3, 7), 2: (3, 4, 5), 3: (2, 3, 4, 3)}[rank]
     return net_of(lambda g, x: (g.global_max_pool(x, name="gmax"),
@@ -309,7 +316,7 @@ def test_global_pools_every_rank(rank):
     net, shape = global_net(rank)
     rng = np.random.default_rng(30 + rank)
     x = away_from_zero(rng.standard_normal((2, *shape)))
-    out, _ = check_finite_differences(net, dict(x=x), ["x"], random_seeds(net, 2, rng), rng)
+    out, _ = check_finite_differences(net, {"x": x}, ["x"], random_seeds(net, 2, rng), rng)
     axes = tuple(range(2, 2 + rank))
     want = {"gmax": x.max(axis=axes), "gavg": x.mean(axis=axes)}
     for name, p in (("gl2", 2), ("gl3", 3), ("gl15", 1.5)):
@@ -401,7 +408,7 @@ def test_lp_pool_with_a_fractional_p_has_a_gradient():
     net = net_of(lambda g, x: g.lp_pool(x, 3, p=1.5, stride=2, padding=1), (2, 7, 6))
     rng = np.random.default_rng(15)
     x = away_from_zero(rng.standard_normal((2, 2, 7, 6)))
-    out, _ = check_finite_differences(net, dict(x=x), ["x"], random_seeds(net, 2, rng), rng)
+    out, _ = check_finite_differences(net, {"x": x}, ["x"], random_seeds(net, 2, rng), rng)
     xp = np.pad(np.abs(x) ** 1.5, [(0, 0), (0, 0), (1, 1), (1, 1)])
     want = np.array([[[[xp[n, c, 2 * i:2 * i + 3, 2 * j:2 * j + 3].sum() ** (2 / 3)
                         for j in range(3)] for i in range(4)] for c in range(2)]
