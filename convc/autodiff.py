@@ -243,7 +243,8 @@ def _argmax(comp: Comprehension, names: Names) -> Comprehension:
     small = cells.is_number and cells <= 255
     return Comprehension(output=index, free=comp.free, reduced=comp.reduced,
                          reduction=Reduction.ARGMAX, body=comp.body, fill=comp.fill,
-                         equation=comp.equation, dtype="uint8" if small else None)
+                         where=comp.where, equation=comp.equation,
+                         dtype="uint8" if small else None)
 
 
 def _tensors_needing_grad(comps, seeds: set[str], wrt: set[str]) -> set[str]:
@@ -309,6 +310,11 @@ def _upstream(comp: Comprehension, names: Names) -> tuple[sympy.Expr, list[Compr
     z = comp.output
     deriv = sympy.diff(comp.final, ACC)
     deriv = deriv.subs(comp.final, z) if deriv.has(ACC) else deriv
+    if deriv.has(ACC) and comp.final.is_Pow and comp.final.base == ACC:
+        # Z = acc^e with acc >= 0 (an Lp norm's sum of |v|^p): acc^(e-1) = Z^((e-1)/e),
+        # which subs cannot find when (e-1)/e is not an integer (p = 1.5: Z^(-1/2))
+        e = comp.final.exp
+        deriv = e * z ** ((e - 1) / e)
     if deriv.has(ACC):
         raise DerivationError(f"{comp.tensor}: cannot express the derivative of "
                               f"{comp.final} through the output")

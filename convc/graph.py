@@ -28,6 +28,7 @@ from .ops.dense import Dense
 from .ops.elementwise import Add
 from .ops.loss import MeanSquaredError
 from .ops.pool import GlobalPool, Pool
+from .ops.pool_regions import AdaptivePool, ChannelPool
 from .ops.reshape import Flatten
 from .ops.separable import SeparableConv
 from .ops.softmax import Softmax, SoftmaxCrossEntropy
@@ -298,6 +299,35 @@ class Graph:
         """
         return self._layer(WeightedPool, (x,), name, window=window, stride=stride,
                            padding=padding, weights=weights, sigma=sigma)
+
+    def global_lp_pool(self, x: Tensor, p=2, name: str | None = None) -> Tensor:
+        """Lp norm over all spatial positions, ``(sum |x|^p)^(1/p)``: ``(N, C, ...)`` to
+        ``(N, C)`` (section 9.3)."""
+        return self._layer(GlobalPool, (x,), name, kind="lp", p=p)
+
+    def channel_pool(self, x: Tensor, group: int, kind: str = "max",
+                     name: str | None = None) -> Tensor:
+        """Max (``kind="max"``) or mean (``"avg"``) over each run of ``group`` consecutive
+        channels, at every position: ``(N, C, ...)`` to ``(N, C / group, ...)``, for any
+        number of spatial axes, ``(N, C)`` included (cross-channel pooling, figure 9.9)."""
+        return self._layer(ChannelPool, (x,), name, kind=kind, pieces=group)
+
+    def maxout(self, x: Tensor, pieces: int, name: str | None = None) -> Tensor:
+        """Maxout (section 9.3, figure 9.9): the maximum of each run of ``pieces``
+        consecutive channels, ``(N, C, ...)`` to ``(N, C / pieces, ...)``."""
+        return self._layer(ChannelPool, (x,), name, kind="max", pieces=pieces)
+
+    def adaptive_max_pool(self, x: Tensor, output_size, name: str | None = None) -> Tensor:
+        """Max over a fixed grid of ``output_size`` cells whatever the input's size (section
+        9.3): along an axis of ``I`` cells, output ``i`` covers ``floor(i·I/O) <= r <
+        ceil((i + 1)·I/O)``. ``output_size`` is an int or one int (or None: keep the axis)
+        per spatial axis, at most the input's size."""
+        return self._layer(AdaptivePool, (x,), name, kind="max", output_size=output_size)
+
+    def adaptive_avg_pool(self, x: Tensor, output_size, name: str | None = None) -> Tensor:
+        """Mean over a fixed grid of ``output_size`` cells whatever the input's size (section
+        9.3), each cell divided by its own count; cells as in `adaptive_max_pool`."""
+        return self._layer(AdaptivePool, (x,), name, kind="avg", output_size=output_size)
 
     def relu(self, x: Tensor, name: str | None = None) -> Tensor:
         return self._layer(Relu, (x,), name)

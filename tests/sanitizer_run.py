@@ -295,6 +295,61 @@ def graph_pool_1d_3d():
     return g, ref
 
 
+def adaptive_ref(x, outs, kind):
+    """Adaptive pooling, cell by cell: cell ``i`` of ``O`` over ``I`` input cells covers
+    ``[floor(i·I/O), ceil((i + 1)·I/O))`` along each axis."""
+    out = np.empty(x.shape[:2] + tuple(outs))
+    for j in np.ndindex(*outs):
+        region = tuple(slice(i * size // o, -(-(i + 1) * size // o))
+                       for i, size, o in zip(j, x.shape[2:], outs))
+        block = x[(slice(None), slice(None), *region)]
+        values = block.reshape(*x.shape[:2], int(np.prod(block.shape[2:])))  # batch 0 too
+        out[(slice(None), slice(None), *j)] = (values.max(axis=-1) if kind == "max"
+                                               else values.mean(axis=-1))
+    return out
+
+
+def graph_pool_regions():
+    """Pooling across channels (maxout) and adaptive pooling to sizes that do not divide."""
+    g = convc.Graph("san_pool_regions")
+    f = g.input("f", (None, 6))
+    u = g.input("u", (None, 6, 7))
+    w = g.input("w", (None, 4, 5, 7))
+    v = g.input("v", (None, 2, 5, 4, 7))
+    g.output(
+        g.maxout(f, 3, name="maxout0"),
+        g.channel_pool(w, group=2, kind="avg", name="cavg2"),
+        g.maxout(v, 2, name="maxout3"),
+        g.adaptive_max_pool(u, 3, name="amax1"),
+        g.adaptive_avg_pool(u, 4, name="aavg1"),
+        g.adaptive_max_pool(w, (3, 2), name="amax2"),
+        g.adaptive_avg_pool(w, (2, 4), name="aavg2"),
+        g.adaptive_avg_pool(v, (2, 3, 3), name="aavg3"),
+        g.adaptive_max_pool(v, (3, 2, 5), name="amax3"),
+        g.global_lp_pool(u, p=3, name="glp1"),
+    )
+
+    def groups(x, pieces):
+        return x.reshape(x.shape[0], x.shape[1] // pieces, pieces, *x.shape[2:])
+
+    def ref(a):
+        f, u, w, v = a["f"], a["u"], a["w"], a["v"]
+        return {
+            "maxout0": groups(f, 3).max(axis=2),
+            "cavg2": groups(w, 2).mean(axis=2),
+            "maxout3": groups(v, 2).max(axis=2),
+            "amax1": adaptive_ref(u, (3,), "max"),
+            "aavg1": adaptive_ref(u, (4,), "avg"),
+            "amax2": adaptive_ref(w, (3, 2), "max"),
+            "aavg2": adaptive_ref(w, (2, 4), "avg"),
+            "aavg3": adaptive_ref(v, (2, 3, 3), "avg"),
+            "amax3": adaptive_ref(v, (3, 2, 5), "max"),
+            "glp1": (np.abs(u) ** 3).sum(axis=2) ** (1 / 3),
+        }
+
+    return g, ref
+
+
 def graph_chain():
     """A small network: every op that is not a conv or a pool, and temporaries between nodes."""
     g = convc.Graph("san_chain")
@@ -390,6 +445,7 @@ GRAPHS = {
     "conv3d": graph_conv3d,
     "pool2d": graph_pool2d,
     "pool_1d_3d": graph_pool_1d_3d,
+    "pool_regions": graph_pool_regions,
     "chain": graph_chain,
     "extremes": graph_extremes,
 }

@@ -106,7 +106,8 @@ def test_runner_covers_every_op():
             if op.kind == "pool":
                 pools.add((op.reduce, len(op.window), op.ceil_mode, op.count_include_pad))
     assert {"conv", "pool", "global_pool", "relu", "sigmoid", "tanh", "add", "flatten",
-            "dense", "softmax", "softmax_cross_entropy"} <= kinds
+            "dense", "softmax", "softmax_cross_entropy", "channel_pool",
+            "adaptive_pool"} <= kinds
     assert {rank for rank, *_ in convs} == {1, 2, 3}
     assert any(all(flags) for _, *flags in convs)  # grouped, strided, dilated, asymmetric
     assert {rank for _, rank, _, _ in pools} == {1, 2, 3}

@@ -45,8 +45,7 @@ class Pool(Op):
         dilation = per_axis(dilation, rank, "dilation", ctx)
         extents = tuple(d * (w - 1) + 1 for w, d in zip(window, dilation))
         pads = resolve_padding(padding, ctx.shapes[0][2:], extents, stride, ctx)
-        if isinstance(p, bool) or not isinstance(p, int | float) or not p > 0:
-            raise ctx.error(f"p must be a positive number, found {p!r}")
+        check_p(p, ctx)
         return cls(reduce=kind, window=window, stride=stride, dilation=dilation,
                    padding=pads, ceil_mode=bool(ceil_mode),
                    count_include_pad=bool(count_include_pad), p=p)
@@ -122,6 +121,12 @@ class Pool(Op):
         return count
 
 
+def check_p(p, ctx: OpContext) -> None:
+    """An Lp pool's ``p`` is a positive number (not a bool)."""
+    if isinstance(p, bool) or not isinstance(p, int | float) or not p > 0:
+        raise ctx.error(f"p must be a positive number, found {p!r}")
+
+
 def lp_terms(value: sympy.Expr, p) -> tuple[sympy.Expr, sympy.Expr]:
     """Body and final of an Lp norm: ``Σ |v|^p`` then ``acc^(1/p)`` (no Abs for even p)."""
     exponent = sympy.Integer(p) if float(p).is_integer() else sympy.Float(p)
@@ -132,17 +137,20 @@ def lp_terms(value: sympy.Expr, p) -> tuple[sympy.Expr, sympy.Expr]:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class GlobalPool(Op):
-    """Max or mean over every spatial position: ``(N, C, ...)`` to ``(N, C)``."""
+    """Max, mean or Lp norm over every spatial position of a 1-D, 2-D or 3-D input:
+    ``(N, C, ...)`` to ``(N, C)``, no spatial axes kept."""
 
     kind = "global_pool"
     equation = "sec. 9.3"
 
     reduce: str
+    p: float = 2
 
     @classmethod
-    def from_args(cls, ctx: OpContext, *, kind) -> GlobalPool:
+    def from_args(cls, ctx: OpContext, *, kind, p=2) -> GlobalPool:
         spatial_rank(ctx)
-        return cls(reduce=kind)
+        check_p(p, ctx)
+        return cls(reduce=kind, p=p)
 
     def infer(self, ctx: OpContext):
         self.check_inputs(ctx)
@@ -152,12 +160,17 @@ class GlobalPool(Op):
         n, c = index("n"), index("c")
         sizes = shapes[0][2:]
         spatial = [index(f"m{a}") for a in range(len(sizes))]
+        body, final = sympy.IndexedBase(ins[0])[(n, c, *spatial)], None
+        if self.reduce == "lp":
+            body, final = lp_terms(body, self.p)
+        elif self.reduce == "avg":
+            final = ACC / math.prod(sizes)
         return (Comprehension(
             output=sympy.IndexedBase(out)[n, c],
             free=((n, shapes[0][0]), (c, shapes[0][1])),
             reduced=tuple(zip(spatial, sizes)),
             reduction=Reduction.MAX if self.reduce == "max" else Reduction.SUM,
-            body=sympy.IndexedBase(ins[0])[(n, c, *spatial)],
-            final=None if self.reduce == "max" else ACC / math.prod(sizes),
+            body=body,
+            final=final,
             equation=self.equation,
         ),)
