@@ -125,3 +125,47 @@ def _loss(outputs) -> np.ndarray:
     if isinstance(outputs, dict):
         return next(v for v in outputs.values() if v.ndim == 0)
     return outputs
+
+
+def predict(module, inputs: dict[str, np.ndarray], params: dict[str, np.ndarray] | None = None,
+            batch_size: int = 256):
+    """Run ``module``'s forward pass over a whole data set, ``batch_size`` examples a call.
+
+    ``inputs`` maps each graph input to an array whose first axis is the example (as in
+    `fit`); ``params`` are passed unchanged to every call. Outputs come back as the module
+    returns them (one array, or a dict by name), each the batches' results joined along
+    axis 0; a 0-d output (a loss: a mean over the batch) is the mean of the batches'
+    values weighted by their sizes, the mean over the whole set. A module compiled with
+    ``grad`` returns its outputs only. Used to compute a frozen layer's features once for a
+    data set (section 9.9).
+
+    Examples
+    --------
+    >>> import convc, numpy as np
+    >>> g = convc.Graph("doc_predict")
+    >>> g.output(g.relu(g.input("x", (None, 3))))
+    >>> predict(convc.compile(g), {"x": np.full((5, 3), -1.0, np.float32)}, batch_size=2).shape
+    (5, 3)
+    """
+    counts = {len(v) for v in inputs.values()}
+    if len(counts) != 1:
+        raise ValueError(f"every input needs the same number of examples on axis 0, found "
+                         f"{ {k: len(v) for k, v in inputs.items()} }")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, found {batch_size!r}")
+    count = counts.pop()
+    if count == 0:
+        raise ValueError("predict needs at least one example")
+    parts: list[dict[str, np.ndarray]] = []
+    sizes = []
+    for first in range(0, count, batch_size):
+        out = module(**{k: v[first:first + batch_size] for k, v in inputs.items()},
+                     **(params or {}))
+        out = out[0] if module.lowered.wrt else out
+        parts.append(out if isinstance(out, dict) else {"": out})
+        sizes.append(min(batch_size, count - first))
+    joined = {name: (np.average([p[name] for p in parts], axis=0, weights=sizes)
+                     .astype(parts[0][name].dtype) if parts[0][name].ndim == 0
+                     else np.concatenate([p[name] for p in parts]))
+              for name in parts[0]}
+    return joined[""] if "" in joined else joined

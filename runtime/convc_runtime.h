@@ -64,6 +64,13 @@ static inline float convc_fminf(float a, float b) { return (a < b || a != a) ? a
 static inline double convc_fmax(double a, double b) { return (a > b || a != a) ? a : b; }
 static inline double convc_fmin(double a, double b) { return (a < b || a != a) ? a : b; }
 
+/* A select that reads both values: `c ? a : b` written in C reads only the chosen one, and
+ * GCC 12 at -O3 with AVX-512 turns such a conditional read inside a short reduction into a
+ * masked load that drops elements (a label map's pick of its labelled logit). Used where the
+ * test reads a tensor and both values are in range. */
+static inline float convc_selectf(int c, float a, float b) { return c ? a : b; }
+static inline double convc_select(int c, double a, double b) { return c ? a : b; }
+
 /* Batched matrix product (gemm.c): C[b] += A[b] B[b] for every b < batch, where element
  * (i, j) of X[b] is X[b * sx + i * rsx + j * csx] (strides in elements: row- or column-major
  * or a view; a batch stride of 0 shares the operand across the batch, and for C means the

@@ -81,6 +81,16 @@ FLOAT_GOLDEN = [  # (expr, float32, float64)
     (sympy.Piecewise((X[n, c, i0 - 1], sympy.And(i0 - 1 >= 0, i0 - 1 < 28)), (-sympy.oo, True)),
      "((i0 >= 1 && i0 < 29) ? (x_in[(n*3 + c)*28 + i0 - 1]) : (-INFINITY))",
      "((i0 >= 1 && i0 < 29) ? (x_in[(n*3 + c)*28 + i0 - 1]) : (-INFINITY))"),
+    # a value test that picks a tensor read (a label's logit) reads both values: a select
+    (sympy.Piecewise((X[n, c, i0], sympy.Eq(c, T[0])), (0, True)),
+     "convc_selectf(c == conv0_t[0], x_in[(n*3 + c)*28 + i0], (0))",
+     "convc_select(c == conv0_t[0], x_in[(n*3 + c)*28 + i0], (0))"),
+    # ... but a test of indices alone, or a constant value, stays a ternary
+    (sympy.Piecewise((X[n, c, i0], sympy.Eq(c, i0)), (0, True)),
+     "((c == i0) ? (x_in[(n*3 + c)*28 + i0]) : (0))",
+     "((c == i0) ? (x_in[(n*3 + c)*28 + i0]) : (0))"),
+    (sympy.Piecewise((1, sympy.Eq(c, T[0])), (0, True)),
+     "((c == conv0_t[0]) ? (1) : (0))", "((c == conv0_t[0]) ? (1) : (0))"),
     (sympy.And(j > 0, sympy.Or(j < 5, j > 10)), "(j > 10 || j < 5) && j > 0",
      "(j > 10 || j < 5) && j > 0"),
 ]

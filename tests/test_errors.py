@@ -322,11 +322,20 @@ def test_cross_entropy_with_a_wrong_label_shape(net, shape, shown):
     says(info, "'loss'", f"found shape {shown} of dtype int64")
 
 
-def test_cross_entropy_with_logits_of_rank_4(net):
+def test_cross_entropy_with_logits_of_rank_4_and_one_label_per_example(net):
+    # logits (N, C, H, W) take a label map (N, H, W): one label per position
     labels = net.g.input("labels", (None,), dtype="int64")
-    with refused(net.g, r"logits must be a 2-d float tensor \(N, classes\)") as info:
+    with refused(net.g, r"labels must be an int64 tensor of shape \(N, 5, 5\)") as info:
         net.g.softmax_cross_entropy(net.x2, labels, name="loss")
-    says(info, "'loss'", "found shape (N, 4, 5, 5)")
+    says(info, "'loss'", "found shape (N,) of dtype int64")
+
+
+def test_cross_entropy_with_logits_of_rank_1(net):
+    logits = net.g.input("scores", (None,))
+    labels = net.g.input("labels", (None,), dtype="int64")
+    with refused(net.g, r"logits must be a float tensor \(N, classes\)") as info:
+        net.g.softmax_cross_entropy(logits, labels, name="loss")
+    says(info, "'loss'", "found shape (N,)")
 
 
 # -- inputs --------------------------------------------------------------------------------------

@@ -248,8 +248,22 @@ class CPrinter(C99CodePrinter):
             raise ValueError(f"Piecewise {expr} has no default (expr, True) piece")
         text = f"({self._print(expr.args[-1].expr)})"
         for value, cond in reversed(expr.args[:-1]):
-            text = f"(({self._print(cond)}) ? ({self._print(value)}) : {text})"
+            if self._reads_both(value, cond):
+                helper = "convc_select" + ("f" if self.dtype == "float32" else "")
+                text = f"{helper}({self._print(cond)}, {self._print(value)}, {text})"
+            else:
+                text = f"(({self._print(cond)}) ? ({self._print(value)}) : {text})"
         return text
+
+    def _reads_both(self, value, cond) -> bool:
+        """Whether a piece is a value test that picks a tensor read (a label's logit,
+        ``c == y[n]``), printed as a select that reads both values: GCC 12 turns the
+        conditional read of a ternary into masked loads that it gets wrong (see
+        ``convc_select`` in convc_runtime.h). Bounds guards test indices only, so their
+        reads, which may leave the tensor, stay conditional."""
+        return (not self._int_depth and isinstance(cond, sympy.Eq)
+                and bool(cond.atoms(sympy.Indexed)) and bool(value.atoms(sympy.Indexed))
+                and not value.atoms(sympy.Piecewise))
 
     def _print_BooleanTrue(self, expr) -> str:
         return "1"  # `true` needs <stdbool.h>, which generated code does not include

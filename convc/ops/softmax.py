@@ -9,6 +9,10 @@ The loss picks the labelled logit by a comparison (so every index stays affine, 
 masked logit of -∞ elsewhere in the row is never multiplied by 0)::
 
     L = (1/N) Σ_n (M[n] + log S[n] - Σ_c [c = y[n]] X[n, c])
+
+On logits ``(N, C, *spatial)`` with labels ``(N, *spatial)`` (a label map, as in the pixel
+labelling of section 9.6) the same is taken at every position ``d`` and the mean runs over
+the batch and the positions: ``L = (1/(N·|d|)) Σ_{n,d} (M[n,d] + log S[n,d] - X[n, y[n,d], d])``.
 """
 
 from __future__ import annotations
@@ -64,11 +68,12 @@ class SoftmaxCrossEntropy(Op):
 
     def check_inputs(self, ctx: OpContext) -> None:
         (logits, labels), (ltype, ytype) = ctx.shapes, ctx.dtypes
-        if ltype != "float" or len(logits) != 2:
-            raise ctx.error(f"logits must be a 2-d float tensor (N, classes), found shape "
-                            f"{fmt(logits)} of dtype {ltype}")
-        if ytype != "int64" or labels != logits[:1]:
-            raise ctx.error(f"labels must be an int64 tensor of shape {fmt(logits[:1])}, "
+        if ltype != "float" or len(logits) < 2:
+            raise ctx.error(f"logits must be a float tensor (N, classes) or (N, classes, "
+                            f"*spatial), found shape {fmt(logits)} of dtype {ltype}")
+        want = (logits[0], *logits[2:])
+        if ytype != "int64" or labels != want:
+            raise ctx.error(f"labels must be an int64 tensor of shape {fmt(want)}, "
                             f"found shape {fmt(labels)} of dtype {ytype}")
 
     def infer(self, ctx: OpContext):
@@ -80,15 +85,17 @@ class SoftmaxCrossEntropy(Op):
 
     def comprehensions(self, out, ins, shapes, out_shape):
         x, y = ins
-        batch, classes = shapes[0]
+        batch, classes, *spatial = shapes[0]
         (m, s), X, M, S = _max_and_sum(x, out, shapes[0])
-        n, c = X.indices
-        picked = sympy.IndexedBase(f"{out}.picked")[n]
-        pick = Comprehension(output=picked, free=((n, batch),), reduced=((c, classes),),
+        n, c, *rest = X.indices
+        row = (n, *rest)
+        free = ((n, batch), *zip(rest, spatial))
+        picked = sympy.IndexedBase(f"{out}.picked")[row]
+        pick = Comprehension(output=picked, free=free, reduced=((c, classes),),
                              reduction=Reduction.SUM,
-                             body=sympy.Piecewise((X, sympy.Eq(c, sympy.IndexedBase(y)[n])),
+                             body=sympy.Piecewise((X, sympy.Eq(c, sympy.IndexedBase(y)[row])),
                                                   (0, True)))
-        loss = Comprehension(output=sympy.IndexedBase(out)[0], free=(),
-                             reduced=((n, batch),), reduction=Reduction.SUM,
-                             body=M + sympy.log(S) - picked, final=ACC / batch)
+        loss = Comprehension(output=sympy.IndexedBase(out)[0], free=(), reduced=free,
+                             reduction=Reduction.SUM, body=M + sympy.log(S) - picked,
+                             final=ACC / sympy.Mul(batch, *spatial))
         return (m, s, pick, loss)

@@ -130,7 +130,7 @@ static void convc_lenet_softmax_cross_entropy0_fwd(int64_t N, const float *restr
     for (int64_t n = 0; n < N; ++n) {
         float acc = 0;
         for (int64_t c = 0; c < 3; ++c) {
-            acc += ((c == labels[n]) ? (dense0[n*3 + c]) : (0));
+            acc += convc_selectf(c == labels[n], dense0[n*3 + c], (0));
         }
         softmax_cross_entropy0_picked[n] = acc;
     } /* n */
