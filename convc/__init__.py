@@ -25,7 +25,8 @@ from .pipeline import Lowered, lower
 
 
 def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str = "auto",
-            num_threads: int | None = None, sanitize: bool = False) -> Module:
+            num_threads: int | None = None, sanitize: bool = False,
+            sizes: dict[str, int] | None = None) -> Module:
     """Compile ``graph`` to C, build it into a shared library (cached) and load it.
 
     ``dtype`` is ``"float32"`` or ``"float64"``. ``grad=True`` adds the backward pass for
@@ -35,6 +36,10 @@ def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str 
     every core); see `lower`.
     ``sanitize=True`` builds with AddressSanitizer and UBSan (the host process must
     preload their runtimes).
+    ``sizes`` fixes variable sizes (section 9.7): an input ``(None, 3, None, None)`` named
+    ``x`` has the sizes ``N``, ``x_H`` and ``x_W``, given at call time; with
+    ``sizes={"x_H": 28, "x_W": 28}`` the module is compiled for those alone, as if the
+    graph had been built with them (constant loop bounds, faster code); see `lower`.
 
     Examples
     --------
@@ -48,7 +53,8 @@ def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str 
     """
     from .build import build_library
 
-    lowered = lower(graph, dtype, grad=grad, algorithm=algorithm, num_threads=num_threads)
+    lowered = lower(graph, dtype, grad=grad, algorithm=algorithm, num_threads=num_threads,
+                    sizes=sizes)
     cdef = lowered.cdef + "\nconst char *convc_error_message(int code);"
     return Module(lowered, build_library(lowered.source, cdef, sanitize=sanitize))
 

@@ -27,6 +27,7 @@ from .contract import ALGORITHMS, Part, plan
 from .lower import lower_node
 from .ops import fmt
 from .ops.source import Input, Param
+from .sizes import specialise
 
 DTYPES = {"float32": "float", "float64": "double"}
 
@@ -105,7 +106,7 @@ def _stage(name: str, timings: dict[str, float], node: str = ""):
 
 
 def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "auto",
-          num_threads: int | None = None) -> Lowered:
+          num_threads: int | None = None, sizes: dict[str, int] | None = None) -> Lowered:
     """Run every stage up to the generated C.
 
     ``grad`` adds the backward pass: ``True`` for the gradients of every parameter, or a
@@ -120,6 +121,13 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
     ``num_threads`` (default: the cores this process may use) shares the large loops and
     the matrix products' batches among threads; results do not depend on it beyond the
     order of a few sums (a kernel gradient's per-thread partial sums).
+
+    Sizes given as ``None`` (section 9.7: the batch ``N``, and ``x_H``, ``x_W``... for the
+    other axes of an input ``x``) are arguments of the C, every loop bound an expression
+    of them; where a number is needed to choose (products or loops, threads or not), a
+    size other than the batch is taken as `convc.ops.ASSUMED_SIZE`. ``sizes``
+    (``{"x_H": 28}``) fixes some of them instead: the graph is lowered as if built with
+    those sizes (`convc.sizes.specialise`).
 
     Examples
     --------
@@ -136,6 +144,8 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
         raise GraphError(f"expected a convc.Graph, found {type(graph).__name__} "
                          f"({user_source()})")
     threads = _threads(num_threads)
+    if sizes:
+        graph = specialise(graph, sizes)
     if algorithm not in ALGORITHMS:
         raise GraphError(f"algorithm must be one of {ALGORITHMS}, found {algorithm!r} "
                          f"({user_source()})")

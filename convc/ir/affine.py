@@ -72,8 +72,51 @@ def index_range(expr: sympy.Expr, extents: dict[sympy.Symbol, sympy.Expr]):
 
 
 def is_proven(condition) -> bool:
-    """True only when sympy can prove the (in)equality for every value of its symbols."""
-    return sympy.simplify(condition) is sympy.true
+    """True only when the (in)equality holds for every value of its symbols: as sympy's
+    ``simplify`` proves it, or, for an inequality between sizes with floor and ceiling
+    divisions in them (a variable size's ``floor((x_H - 3)/2) + 1``), by bounding each
+    ``floor(p/q)`` below by ``p/q - (q-1)/q`` (above by ``p/q``), and ``ceiling``
+    likewise, on the side that makes the difference smallest."""
+    if sympy.simplify(condition) is sympy.true:
+        return True
+    if not isinstance(condition, sympy.core.relational.Relational):
+        return False
+    op = condition.rel_op
+    if op not in ("<", "<=", ">", ">="):
+        return False
+    small, large = (condition.lhs, condition.rhs) if op in ("<", "<=") else \
+        (condition.rhs, condition.lhs)
+    low = _lower_bound(sympy.expand(large - small))
+    if low is None:
+        return False
+    holds = low.is_positive if op in ("<", ">") else low.is_nonnegative
+    return holds is True
+
+
+def _lower_bound(expr: sympy.Expr) -> sympy.Expr | None:
+    """A lower bound of ``expr``, a sum of terms and rational multiples of floor/ceiling of
+    affine expressions with rational coefficients in integer symbols; None otherwise."""
+    total = sympy.Integer(0)
+    for term in sympy.Add.make_args(expr):
+        coeff, rest = term.as_coeff_Mul()
+        if not isinstance(rest, (sympy.floor, sympy.ceiling)):
+            if rest.has(sympy.floor, sympy.ceiling):
+                return None
+            total += term
+            continue
+        inner = sympy.expand(rest.args[0])
+        parts = inner.as_coefficients_dict()
+        if not all(v.is_Rational for v in parts.values()) or not all(
+                k == 1 or (k.is_Symbol and k.is_integer) for k in parts):
+            return None
+        q = functools.reduce(sympy.ilcm, (sympy.Rational(v).q for v in parts.values()), 1)
+        slack = sympy.Rational(q - 1, q)
+        if isinstance(rest, sympy.floor):
+            low, high = inner - slack, inner
+        else:
+            low, high = inner, inner + slack
+        total += coeff * (low if coeff > 0 else high)
+    return sympy.expand(total)
 
 
 def solve_inside(a: sympy.Expr, rest: sympy.Expr, size: sympy.Expr):
