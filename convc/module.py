@@ -243,9 +243,9 @@ class Module:
                 if isinstance(want, sympy.Symbol):
                     if want in sizes and sizes[want] != got:
                         raise ArgumentError(
-                            f"{b.name!r}: axis {axis} has size {want}, which is "
-                            f"{sizes[want]} in {bound_by[want]!r}, but found {got} (shape "
-                            f"{a.shape}, expected {fmt(b.shape)})")
+                            f"{b.name!r}: size {want} is {sizes[want]} in "
+                            f"{bound_by[want]!r} but {got} here (axis {axis} of {a.shape}, "
+                            f"expected {fmt(b.shape)})")
                     if want != BATCH and got < 1:
                         raise ArgumentError(f"{b.name!r}: size {want} (axis {axis} of shape "
                                             f"{a.shape}) must be at least 1, found {got}")
