@@ -278,8 +278,16 @@ def _evaluate(shape: tuple, sizes: dict) -> tuple[int, ...]:
 
 @functools.cache
 def _dimension(d: sympy.Expr):
-    """A symbolic dimension as a function of the sizes, built once (sympy is slow per call)."""
-    symbols = sorted(sympy.sympify(d).free_symbols, key=str)
+    """A symbolic dimension as a function of the sizes, built once (sympy is slow per call).
+
+    A dimension with floor or ceiling divisions (``floor((x_H - 3)/2) + 1``) is evaluated
+    exactly, by sympy, once per set of sizes: in floats ``5/3 - 2/3`` may fall below 1."""
+    d = sympy.sympify(d)
+    symbols = sorted(d.free_symbols, key=str)
+    if d.has(sympy.floor, sympy.ceiling, sympy.Piecewise, sympy.Mod):
+        exact = functools.lru_cache(maxsize=1024)(
+            lambda values: int(d.xreplace(dict(zip(symbols, map(sympy.Integer, values))))))
+        return lambda sizes: exact(tuple(sizes[s] for s in symbols))
     f = sympy.lambdify(symbols, d, "math")
     return lambda sizes: int(f(*(sizes[s] for s in symbols)))
 

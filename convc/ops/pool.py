@@ -120,8 +120,8 @@ class Pool(Op):
             if -lo >= first and proven(s * (o - 1) + d * (w - 1) - lo < last):
                 count *= w  # no window leaves the counted region
                 continue
-            start = sympy.Max(0, sympy.ceiling(sympy.Rational(first + lo, d) - s * i / d))
-            stop = sympy.Min(w - 1, sympy.floor(sympy.Rational(last - 1 + lo, d) - s * i / d))
+            start = sympy.Max(0, sympy.ceiling(sympy.sympify(first + lo) / d - s * i / d))
+            stop = sympy.Min(w - 1, sympy.floor(sympy.sympify(last - 1 + lo) / d - s * i / d))
             count *= stop - start + 1
         return count
 
