@@ -260,3 +260,16 @@ def test_specialising_checks_names_and_sizes(train_graph):
         convc.lower(train_graph, sizes={"x_H": 0})
     with pytest.raises(convc.GraphError, match=r"'pool0'.*window larger than the padded"):
         convc.lower(train_graph, sizes={"x_H": 1})
+
+
+def test_the_example_runs_every_size_with_one_library(tmp_path):
+    from test_examples import REPO, run_example
+
+    proc = run_example(REPO / "examples" / "variable_size.py", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    shapes = re.findall(r"^input \(4, 3, (\d+), (\d+)\) -> output \(4, 10\)$", proc.stdout,
+                        re.MULTILINE)
+    assert shapes == [("16", "16"), ("24", "20"), ("33", "31")]
+    assert "one library served every size: True" in proc.stdout
+    found = re.search(r"own \(True\), largest difference (\S+)$", proc.stdout, re.MULTILINE)
+    assert found and float(found.group(1)) < 1e-4, proc.stdout
