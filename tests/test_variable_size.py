@@ -65,6 +65,8 @@ def test_sizes_are_arguments_of_the_module_and_the_c(train_net):
     workspace = re.search(rf"size_t {train_net.lowered.entry}_workspace\((.*?)\)",
                           train_net.source).group(1)
     assert workspace == "int64_t N, int64_t x_H, int64_t x_W"
+    explained = train_net.explain()  # shapes and FLOPs as expressions of the sizes
+    assert "SHAPES    x (N, 2, x_H, x_W)" in explained and "FLOPS     fwd:" in explained
 
 
 def test_no_size_is_baked_into_the_c():
