@@ -27,7 +27,7 @@ from .pipeline import Lowered, lower
 
 def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str = "auto",
             num_threads: int | None = None, tune: bool | int = False, profile: bool = False,
-            sanitize: bool = False) -> Module:
+            sanitize: bool = False, sizes: dict[str, int] | None = None) -> Module:
     """Compile ``graph`` to C, build it into a shared library (cached) and load it.
 
     ``dtype`` is ``"float32"`` or ``"float64"``. ``grad=True`` adds the backward pass for
@@ -41,6 +41,10 @@ def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str 
     ``profile=True`` adds step timers to the C, read by `Module.profile`.
     ``sanitize=True`` builds with AddressSanitizer and UBSan (the host process must
     preload their runtimes).
+    ``sizes`` fixes variable sizes (section 9.7): an input ``(None, 3, None, None)`` named
+    ``x`` has the sizes ``N``, ``x_H`` and ``x_W``, given at call time; with
+    ``sizes={"x_H": 28, "x_W": 28}`` the module is compiled for those alone, as if the
+    graph had been built with them (constant loop bounds, faster code); see `lower`.
 
     Examples
     --------
@@ -59,9 +63,9 @@ def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str 
         from .tune import DEFAULT_BATCH, tune as measure
 
         batch = DEFAULT_BATCH if tune is True else tune
-        tuned = measure(graph, dtype, grad, num_threads, batch)
+        tuned = measure(graph, dtype, grad, num_threads, batch, sizes=sizes)
     lowered = lower(graph, dtype, grad=grad, algorithm=algorithm, num_threads=num_threads,
-                    profile=profile, tuned=tuned)
+                    profile=profile, tuned=tuned, sizes=sizes)
     cdef = lowered.cdef + "\nconst char *convc_error_message(int code);"
     return Module(lowered, build_library(lowered.source, cdef, sanitize=sanitize))
 

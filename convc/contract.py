@@ -35,6 +35,7 @@ import sympy
 
 from .ir.affine import affine_terms, index_range, is_proven, strides
 from .ir.comprehension import Comprehension, Dim, Reduction
+from .ops import estimate
 
 ALGORITHMS = ("auto", "gemm", "direct", "fft")
 """How contractions run: chosen by cost, always as products where possible, never, or
@@ -468,9 +469,9 @@ def _number(e) -> int | None:
 
 
 def _estimate(e) -> float:
-    """A size for the cost model: the batch (or any size symbol) taken as 64."""
-    e = sympy.sympify(e)
-    return float(e) if e.is_number else float(e.subs({s: 64 for s in e.free_symbols}))
+    """A size for the cost model: the batch taken as 64, another variable size (``x_H``)
+    as `ASSUMED_SIZE` (`convc.ops.estimate`)."""
+    return estimate(e)
 
 
 def _magnitude(e) -> float:

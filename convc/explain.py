@@ -75,7 +75,12 @@ def points(comp: Comprehension, shapes: dict[str, tuple], limit: int = 10**6) ->
     return count
 
 
-def _count_box(dims, where, limit) -> int:
+def _count_box(dims, where, limit) -> sympy.Expr:
+    """The points of a box that satisfy ``where``; the whole box when its extents are
+    variable sizes (an upper bound) or it has over ``limit`` points."""
+    if not all(sympy.sympify(d.extent).is_number and sympy.sympify(d.start).is_number
+               for d in dims):
+        return sympy.Mul(*[d.extent for d in dims])
     sizes = [int(d.extent) for d in dims]
     if np.prod(sizes, dtype=float) > limit:
         return int(np.prod(sizes))

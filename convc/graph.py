@@ -34,6 +34,7 @@ from .ops.separable import SeparableConv
 from .ops.softmax import Softmax, SoftmaxCrossEntropy
 from .ops.source import Constant, Input, Param
 from .ops.weighted_pool import WeightedPool
+from .sizes import check_size_names
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -141,12 +142,15 @@ class Graph:
     # -- building --------------------------------------------------------------------------
 
     def input(self, name: str, shape: tuple, dtype: str = "float") -> Tensor:
-        """A graph input. ``None`` on the leading axis is the batch size, given at call time."""
+        """A graph input. ``None`` on the leading axis is the batch size ``N``, on another
+        axis a size of this input (``x_H``, ``x_W``; section 9.7), all given at call time."""
         self._check_name(name)
         ctx = OpContext(name, (), (), user_source())
         op = Input.from_args(ctx, shape=shape, dtype=dtype)
         shape, dtype = op.infer(ctx)
-        return self._insert(Node(name, op, (), shape, dtype, ctx.source))
+        node = Node(name, op, (), shape, dtype, ctx.source)
+        check_size_names(self, node)
+        return self._insert(node)
 
     def output(self, *tensors: Tensor) -> None:
         """Mark tensors as outputs of the compiled module, in this order."""

@@ -22,7 +22,7 @@ from .errors import DerivationError
 from .ir.affine import affine_terms, index_range, is_proven, solve_inside, strides
 from .ir.comprehension import ACC, ARG, Comprehension, Dim, Reduction, row_major
 from .loops import ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Stmt, Store, Update
-from .ops import BATCH
+from .ops import ASSUMED_SIZE, BATCH
 from .spectral import Transform
 
 
@@ -89,11 +89,14 @@ def _reduction_outside(comp: Comprehension, shapes) -> list[Comprehension] | Non
 
 
 def _work(comp: Comprehension) -> float:
-    """The points of the comprehension's box, at a batch of 64 (a bound that depends on
-    another variable counts as 8)."""
+    """The points of the comprehension's box, at a batch of 64 and other variable sizes
+    of `ASSUMED_SIZE` (a bound that depends on another variable counts as 8)."""
     work = 1.0
     for d in comp.variables:
-        extent = sympy.sympify(d.extent).subs(BATCH, 64)
+        extent = sympy.sympify(d.extent)
+        sizes = {s: 64 if s == BATCH else ASSUMED_SIZE for s in extent.free_symbols
+                 if s == BATCH or s.is_positive}
+        extent = extent.subs(sizes)
         work *= float(extent) if extent.is_number else 8.0
     return work
 

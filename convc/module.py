@@ -16,8 +16,8 @@ import numpy as np
 import sympy
 
 from .build import Library
-from .errors import ArgumentError, ExecutionError
-from .ops import fmt
+from .errors import ArgumentError, ExecutionError, GraphError
+from .ops import ASSUMED_SIZE, BATCH, fmt
 from .pipeline import Lowered
 
 NUMPY = {"float32": np.float32, "float64": np.float64}
@@ -54,6 +54,8 @@ class Module:
         self._ranges = _integer_ranges(lowered)
         # an output's given gradient is the argument grad:<output>, a seed buffer in the C
         self._seeds = {f"grad:{out}": seed for out, seed in lowered.seeds.items()}
+        self._variable = [s for s in self._sizes if s != BATCH]  # x_H, x_W...: checked
+        self._fitting: set[tuple[int, ...]] = set()  # sizes the graph was checked to fit
 
     # -- what it is ------------------------------------------------------------------------
 
@@ -127,9 +129,16 @@ class Module:
             params[b.name] = w.astype(NUMPY[self.dtype])
         return params
 
+    @property
+    def sizes(self) -> list[str]:
+        """The sizes given at call time, read from the arrays: ``N`` (the batch), and
+        ``x_H``, ``x_W``... for an input ``x`` with other axes of size ``None``."""
+        return [s.name for s in self._sizes]
+
     def __call__(self, **arrays):
         arrays = {self._seeds.get(k, k): v for k, v in arrays.items()}
         sizes, args = self._check(self._with_default_seeds(arrays))
+        self._check_fit(sizes)
         for b in self._arguments:
             if b.role in ("output", "grad"):
                 shape = _evaluate(b.shape, sizes)
@@ -169,14 +178,16 @@ class Module:
         return {(s.node, s.role): float(t) for s, t in zip(self.lowered.steps, medians)}
 
     def example_arguments(self, batch: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
-        """Random arrays for every input and parameter at batch size ``batch`` (standard
-        normal floats; integers drawn in the range their op accepts)."""
+        """Random arrays for every input and parameter at batch size ``batch`` (other
+        variable sizes at `convc.ops.ASSUMED_SIZE`; standard normal floats; integers drawn
+        in the range their op accepts)."""
         rng = np.random.default_rng(seed)
         arrays = {}
         for b in self._expected:
             if b.role == "seed":
                 continue
-            shape = _evaluate(b.shape, {s: batch for s in self._sizes})
+            shape = _evaluate(b.shape, {s: batch if s == BATCH else ASSUMED_SIZE
+                                        for s in self._sizes})
             if b.ctype == "int64_t":
                 lo, hi = self._ranges.get(b.name, (0, 2))
                 arrays[b.name] = rng.integers(lo, hi, shape)
@@ -202,6 +213,8 @@ class Module:
                 for want, got in zip(b.shape, np.shape(arrays[b.name])):
                     if isinstance(want, sympy.Symbol):
                         sizes.setdefault(want, got)
+        if all(s in sizes for s in self._variable):
+            self._check_fit(sizes)  # before a default seed is shaped by them
         for b in self._arguments:
             if b.role == "seed" and b.name not in arrays:
                 arrays = {**arrays, b.name: self._default_seed(b, _evaluate(b.shape, sizes))}
@@ -216,7 +229,34 @@ class Module:
             seed.flags.writeable = False
         return seed
 
+    def _check_fit(self, sizes: dict) -> None:
+        """The variable sizes given must fit the graph: each node's shape inference, run on
+        them, must accept them (a kernel no larger than the padded input...); checked once
+        per set of sizes."""
+        if not self._variable:
+            return
+        key = tuple(sizes[s] for s in self._variable)
+        if key in self._fitting:
+            return
+        from .sizes import infer_at
+
+        values = dict(zip(self._variable, key))
+        for s, v in values.items():
+            if v < 1:
+                raise ArgumentError(f"size {s} must be at least 1, found {v}")
+        try:
+            infer_at(self.lowered.graph, values)
+        except GraphError as e:
+            given = ", ".join(f"{s} = {v}" for s, v in values.items())
+            raise ArgumentError(f"module {self.lowered.graph.name!r} cannot run on sizes "
+                                f"{given}: {e}") from None
+        if len(self._fitting) > 4096:
+            self._fitting.clear()
+        self._fitting.add(key)
+
     def _check(self, arrays: dict) -> tuple[dict, dict[str, np.ndarray]]:
+        """Every argument's name, dtype and shape; the sizes (``N``, ``x_H``...) they give,
+        the same in every argument that uses one."""
         expected = self._expected
         names = [b.name for b in expected]
         unknown = sorted(set(arrays) - set(names))
@@ -230,7 +270,7 @@ class Module:
                 + (f"; missing: {', '.join(missing)}" if missing else ""))
         sizes: dict[sympy.Symbol, int] = {}
         bound_by: dict[sympy.Symbol, str] = {}
-        args = {}
+        args, derived = {}, []
         for b in expected:
             a = _as_array(b, arrays[b.name], self.dtype)
             if a.ndim != len(b.shape):
@@ -241,9 +281,15 @@ class Module:
                     if want in sizes and sizes[want] != got:
                         raise ArgumentError(
                             f"{b.name!r}: size {want} is {sizes[want]} in "
-                            f"{bound_by[want]!r} but {got} here (axis {axis} of {a.shape})")
+                            f"{bound_by[want]!r} but {got} here (axis {axis} of {a.shape}, "
+                            f"expected {fmt(b.shape)})")
+                    if want != BATCH and got < 1:
+                        raise ArgumentError(f"{b.name!r}: size {want} (axis {axis} of shape "
+                                            f"{a.shape}) must be at least 1, found {got}")
                     sizes.setdefault(want, got)
                     bound_by.setdefault(want, b.name)
+                elif not isinstance(want, int):
+                    derived.append((b, axis, want, got, a.shape))  # once the sizes are known
                 elif want != got:
                     raise ArgumentError(f"{b.name!r}: expected shape {fmt(b.shape)}, "
                                         f"found {a.shape} (axis {axis})")
@@ -252,6 +298,12 @@ class Module:
             args[b.name] = np.ascontiguousarray(a)
         for s in self._sizes:
             sizes.setdefault(s, 0)
+        for b, axis, want, got, shape in derived:
+            value = _evaluate((want,), sizes)[0]
+            if value != got:
+                raise ArgumentError(f"{b.name!r}: axis {axis} must have {want} = {value} "
+                                    f"cells, found {got} (shape {shape}, expected "
+                                    f"{fmt(b.shape)})")
         return sizes, args
 
 
@@ -263,8 +315,16 @@ def _evaluate(shape: tuple, sizes: dict) -> tuple[int, ...]:
 
 @functools.cache
 def _dimension(d: sympy.Expr):
-    """A symbolic dimension as a function of the sizes, built once (sympy is slow per call)."""
-    symbols = sorted(sympy.sympify(d).free_symbols, key=str)
+    """A symbolic dimension as a function of the sizes, built once (sympy is slow per call).
+
+    A dimension with floor or ceiling divisions (``floor((x_H - 3)/2) + 1``) is evaluated
+    exactly, by sympy, once per set of sizes: in floats ``5/3 - 2/3`` may fall below 1."""
+    d = sympy.sympify(d)
+    symbols = sorted(d.free_symbols, key=str)
+    if d.has(sympy.floor, sympy.ceiling, sympy.Piecewise, sympy.Mod):
+        exact = functools.lru_cache(maxsize=1024)(
+            lambda values: int(d.xreplace(dict(zip(symbols, map(sympy.Integer, values))))))
+        return lambda sizes: exact(tuple(sizes[s] for s in symbols))
     f = sympy.lambdify(symbols, d, "math")
     return lambda sizes: int(f(*(sizes[s] for s in symbols)))
 

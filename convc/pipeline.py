@@ -30,6 +30,7 @@ from .lower import lower_node
 from . import spectral
 from .ops import fmt
 from .ops.source import Constant, Input, Param
+from .sizes import specialise
 from .spectral import Spectra, Transform
 
 DTYPES = {"float32": "float", "float64": "double"}
@@ -111,7 +112,8 @@ def _stage(name: str, timings: dict[str, float], node: str = ""):
 
 
 def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "auto",
-          num_threads: int | None = None, profile: bool = False, tuned=None) -> Lowered:
+          num_threads: int | None = None, profile: bool = False, tuned=None,
+          sizes: dict[str, int] | None = None) -> Lowered:
     """Run every stage up to the generated C.
 
     ``grad`` adds the backward pass: ``True`` for the gradients of every parameter, or a
@@ -131,6 +133,12 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
     ``(node, role)`` to what `convc.tune.tune` measured: ``{"algorithm": chosen, "seconds":
     {algorithm: seconds}, "batch": N}``; the chosen algorithm runs that step unless the
     node has its own ``algorithm=``.
+    Sizes given as ``None`` (section 9.7: the batch ``N``, and ``x_H``, ``x_W``... for the
+    other axes of an input ``x``) are arguments of the C, every loop bound an expression
+    of them; where a number is needed to choose (products or loops, threads or not), a
+    size other than the batch is taken as `convc.ops.ASSUMED_SIZE`. ``sizes``
+    (``{"x_H": 28}``) fixes some of them instead: the graph is lowered as if built with
+    those sizes (`convc.sizes.specialise`).
 
     Examples
     --------
@@ -147,6 +155,8 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
         raise GraphError(f"expected a convc.Graph, found {type(graph).__name__} "
                          f"({user_source()})")
     threads = _threads(num_threads)
+    if sizes:
+        graph = specialise(graph, sizes)
     if algorithm not in ALGORITHMS:
         raise GraphError(f"algorithm must be one of {ALGORITHMS}, found {algorithm!r} "
                          f"({user_source()})")

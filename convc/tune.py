@@ -23,13 +23,14 @@ DEFAULT_BATCH = 32
 
 
 def tune(graph, dtype: str, grad, num_threads: int | None, batch: int = DEFAULT_BATCH,
-         repeat: int = 5) -> dict[tuple[str, str], dict]:
+         repeat: int = 5, sizes: dict[str, int] | None = None) -> dict[tuple[str, str], dict]:
     """Per step ``(node, role)``: ``{"algorithm": fastest, "seconds": {candidate: median},
     "batch": batch}``, measured (or read from the cache) for every step with a choice."""
     from . import compile as compile_graph
     from .pipeline import lower
 
-    probe = lower(graph, dtype, grad=grad, algorithm="gemm", num_threads=num_threads)
+    probe = lower(graph, dtype, grad=grad, algorithm="gemm", num_threads=num_threads,
+                  sizes=sizes)
     keys = {(s.node, s.role): _signature(probe, s, batch) for s in probe.steps
             if any(isinstance(p, Gemm) for p in probe.parts[s])}  # steps with a choice
     path = cache_dir() / f"tune-{machine_signature()}.json"
@@ -38,7 +39,7 @@ def tune(graph, dtype: str, grad, num_threads: int | None, batch: int = DEFAULT_
         measured: dict[tuple[str, str], dict[str, float]] = {step: {} for step in keys}
         for candidate in CANDIDATES:
             module = compile_graph(graph, dtype, grad=grad, algorithm=candidate,
-                                   num_threads=num_threads, profile=True)
+                                   num_threads=num_threads, profile=True, sizes=sizes)
             times = module.profile(repeat, **module.example_arguments(batch))
             for step in keys:
                 measured[step][candidate] = times[step]
@@ -51,7 +52,7 @@ def tune(graph, dtype: str, grad, num_threads: int | None, batch: int = DEFAULT_
 
 def _signature(lowered, step, batch: int) -> str:
     node = lowered.graph.node(step.node)
-    shapes = [str(lowered.graph.node(i).shape) for i in node.inputs]
+    shapes = [str(lowered.graph.node(i).shape) for i in node.inputs]  # sizes fixed included
     wrt = sorted(set(node.inputs) & set(lowered.wrt))
     text = "|".join([repr(node.op), *shapes, step.role, str(wrt), lowered.dtype,
                      str(lowered.threads), str(batch)])

@@ -340,11 +340,11 @@ def test_cross_entropy_with_logits_of_rank_1(net):
 
 # -- inputs --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("shape", [(None, None, 3), (None, 3, None), (2, None)])
-def test_none_on_a_non_batch_axis(net, shape):
-    with refused(net.g, r"only the leading \(batch\) axis may be None") as info:
-        net.g.input("bad", shape)
-    says(info, "'bad'", f"found {shape!r}")
+def test_size_names_that_clash(net):
+    net.g.input("a.b", (None, 3, None))
+    with refused(net.g, r"its size a_b_L has the name of a size of input 'a.b'") as info:
+        net.g.input("a_b", (None, 2, None))
+    says(info, "'a_b'", "rename one of them")
 
 
 @pytest.mark.parametrize("shape, axis, value", [((None, 0), 1, "0"), ((None, 3, -2), 2, "-2"),
@@ -435,7 +435,7 @@ def test_the_graph_compiles_and_runs_after_refused_calls():
         lambda: g.softmax_cross_entropy(x, labels, name="loss"),
         lambda: g.add(x, y, name="s"),
         lambda: g.relu(foreign, name="r"),
-        lambda: g.input("z", (None, None)),
+        lambda: g.input("z", (None, 0)),
         lambda: g.relu(x, name=3),
     ]
     for call in bad_calls:

@@ -72,8 +72,69 @@ def index_range(expr: sympy.Expr, extents: dict[sympy.Symbol, sympy.Expr]):
 
 
 def is_proven(condition) -> bool:
-    """True only when sympy can prove the (in)equality for every value of its symbols."""
-    return sympy.simplify(condition) is sympy.true
+    """True only when the (in)equality holds for every value of its symbols: as sympy's
+    ``simplify`` proves it, or, for an inequality between sizes with floor and ceiling
+    divisions in them (a variable size's ``floor((x_H - 3)/2) + 1``), by bounding each
+    ``floor(p/q)`` below by ``p/q - (q-1)/q`` (above by ``p/q``), and ``ceiling``
+    likewise, on the side that makes the difference smallest. A condition on variable
+    sizes (positive size symbols such as ``x_H``) is only tried the second way: ``simplify``
+    takes seconds on their nested floors."""
+    condition = sympy.sympify(condition)
+    if condition is sympy.true:
+        return True
+    if not isinstance(condition, sympy.core.relational.Relational):
+        return sympy.simplify(condition) is sympy.true
+    variable = any(s.is_positive for s in condition.free_symbols)
+    if not variable and sympy.simplify(condition) is sympy.true:
+        return True
+    op = condition.rel_op
+    if op not in ("<", "<=", ">", ">="):
+        return False
+    small, large = (condition.lhs, condition.rhs) if op in ("<", "<=") else \
+        (condition.rhs, condition.lhs)
+    low = _lower_bound(sympy.expand(large - small))
+    if low is None:
+        return False
+    holds = low.is_positive if op in ("<", ">") else low.is_nonnegative
+    return holds is True
+
+
+def _lower_bound(expr: sympy.Expr) -> sympy.Expr | None:
+    """A lower bound of ``expr``, a sum of terms and rational multiples of floors and
+    ceilings of rational combinations of integers; None otherwise. The most deeply nested
+    floors are bounded first, so that the floors inside them may cancel."""
+    for _ in range(8):
+        expr = sympy.expand(expr)
+        rounded = [t for t in sympy.Add.make_args(expr) if t.has(sympy.floor, sympy.ceiling)]
+        if not rounded:
+            return expr
+        depth = max(_depth(t) for t in rounded)
+        total = sympy.Integer(0)
+        for term in sympy.Add.make_args(expr):
+            if term not in rounded or _depth(term) < depth:
+                total += term
+                continue
+            coeff, rest = term.as_coeff_Mul()
+            if not isinstance(rest, (sympy.floor, sympy.ceiling)):
+                return None
+            inner = sympy.expand(rest.args[0])
+            parts = inner.as_coefficients_dict()
+            if not all(v.is_Rational and (k == 1 or k.is_integer) for k, v in parts.items()):
+                return None
+            q = functools.reduce(sympy.ilcm, (sympy.Rational(v).q for v in parts.values()), 1)
+            slack = sympy.Rational(q - 1, q)
+            low, high = (inner - slack, inner) if isinstance(rest, sympy.floor) else (
+                inner, inner + slack)
+            total += coeff * (low if coeff > 0 else high)
+        expr = total
+    return None
+
+
+def _depth(expr) -> int:
+    """How deeply floors and ceilings nest in ``expr``."""
+    if isinstance(expr, (sympy.floor, sympy.ceiling)):
+        return 1 + _depth(expr.args[0])
+    return max((_depth(a) for a in expr.args), default=0)
 
 
 def solve_inside(a: sympy.Expr, rest: sympy.Expr, size: sympy.Expr):

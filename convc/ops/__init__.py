@@ -14,10 +14,50 @@ from typing import Any, ClassVar
 
 import sympy
 
+from ..codegen.names import c_identifier
 from ..errors import GraphError
 
 BATCH = sympy.Symbol("N", integer=True, nonnegative=True)
-"""The batch size: the symbol a user's ``None`` becomes, an argument of the generated C."""
+"""The batch size: the symbol a user's ``None`` on axis 0 becomes, an argument of the
+generated C."""
+
+AXIS_LETTERS = {2: "NF", 3: "NCL", 4: "NCHW", 5: "NCDHW"}
+"""The letters naming the axes of an input of each rank, for its size symbols."""
+
+ASSUMED_SIZE = 32
+"""The value a variable size other than the batch (``x_H``) takes where the compiler needs
+a number to estimate with (the cost model choosing products or loops, the threshold for
+threads); the batch is taken as 64. Every extent in the generated code stays an
+expression of the size arguments."""
+
+
+def size_symbol(tensor: str, axis: int, rank: int) -> sympy.Symbol:
+    """The size of axis ``axis`` (not 0) of input ``tensor``, given at call time: ``x_H``,
+    ``x_W`` for an ``(N, C, H, W)`` input ``x``, ``x_size5`` past the letters."""
+    letters = AXIS_LETTERS.get(rank, "")
+    letter = letters[axis] if axis < len(letters) else f"size{axis}"
+    return sympy.Symbol(f"{c_identifier(tensor)}_{letter}", integer=True, positive=True)
+
+
+def is_size(d) -> bool:
+    """Whether a dimension is a fixed size (an int), not an expression of size symbols."""
+    return is_int(d) or (isinstance(d, sympy.Integer))
+
+
+def proven(condition) -> bool:
+    """Whether ``condition`` (a bool, or a relation between size expressions) holds for
+    every value of the sizes it uses; a check that is not proven here is made again at
+    call time, on the sizes given."""
+    return sympy.simplify(sympy.sympify(condition)) is sympy.true
+
+
+def estimate(e) -> float:
+    """A number for a size expression: the batch taken as 64 and any other size symbol as
+    `ASSUMED_SIZE` (for cost estimates only)."""
+    e = sympy.sympify(e)
+    if e.is_number:
+        return float(e)
+    return float(e.subs({s: 64 if s == BATCH else ASSUMED_SIZE for s in e.free_symbols}))
 
 
 def index(name: str) -> sympy.Symbol:
@@ -128,4 +168,5 @@ def elementwise_indices(rank: int) -> tuple[sympy.Symbol, ...]:
     return tuple(index(f"d{i}") for i in range(rank))
 
 
-__all__ = ["BATCH", "Op", "OpContext", "ParamSpec", "index", "per_axis", "spatial_rank", "fmt"]
+__all__ = ["ASSUMED_SIZE", "BATCH", "Op", "OpContext", "ParamSpec", "index", "per_axis", "spatial_rank", "fmt", "estimate",
+           "is_size", "proven", "size_symbol"]

@@ -16,7 +16,8 @@ import numpy as np
 import sympy
 
 from ..ir.comprehension import Comprehension, Reduction
-from . import Op, OpContext, ParamSpec, fmt, index, is_int, per_axis, positive_int, spatial_rank
+from . import (Op, OpContext, ParamSpec, fmt, index, is_int, is_size, per_axis, positive_int,
+               proven, spatial_rank)
 
 PADDING_MODES = ("valid", "same", "full")
 
@@ -61,7 +62,7 @@ class Conv(Op):
 
     def parameters(self, ctx: OpContext) -> tuple[ParamSpec, ...]:
         self.check_inputs(ctx)
-        cin = ctx.shapes[0][1]
+        cin = fixed_channels(ctx)
         check_groups(ctx, cin, self.channels, self.groups)
         per_group = cin // self.groups
         fan_in = per_group * math.prod(self.kernel)
@@ -82,7 +83,7 @@ class Conv(Op):
             zip(x[2:], self.padding, self.kernel, self.stride, self.dilation)
         ):
             extent = d * (k - 1) + 1
-            if size + lo + hi < extent:
+            if proven(size + lo + hi < extent):  # for a variable size: checked at call time
                 raise ctx.error(
                     f"kernel larger than the padded input along spatial axis {axis}: "
                     f"the kernel spans {extent} (size {k}, dilation {d}) but the input "
@@ -160,6 +161,16 @@ def check_connections(ctx: OpContext, table, channels: int, groups: int):
     return tuple(tuple(bool(v) for v in row) for row in a)
 
 
+def fixed_channels(ctx: OpContext) -> int:
+    """The input's channel count, which a layer's weight needs fixed (not a size symbol)."""
+    cin = ctx.shapes[0][1]
+    if not is_size(cin):
+        raise ctx.error(f"the input channels must be a fixed size for the weight, found "
+                        f"{cin} (input shape {fmt(ctx.shapes[0])}); give axis 1 of the input "
+                        f"as an int")
+    return int(cin)
+
+
 def check_groups(ctx: OpContext, cin: int, cout: int, groups: int) -> None:
     """Input and output channels must both split into ``groups`` equal groups."""
     for what, count in (("input channels", cin), ("output channels", cout)):
@@ -183,7 +194,12 @@ def resolve_padding(padding, sizes, extents, strides, ctx: OpContext):
             return tuple((e - 1, e - 1) for e in extents)
         if padding == "same":
             pads = []
-            for size, e, s in zip(sizes, extents, strides):
+            for axis, (size, e, s) in enumerate(zip(sizes, extents, strides)):
+                if s > 1 and not is_size(size):
+                    raise ctx.error(
+                        f"padding 'same' at stride {s} depends on the input size, which is "
+                        f"given at call time ({size}) along spatial axis {axis}: give the "
+                        f"padding as ints, or fixed sizes (convc.compile(..., sizes=...))")
                 total = max((-(-size // s) - 1) * s + e - size, 0)
                 pads.append((total // 2, total - total // 2))
             return tuple(pads)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import sympy
 
 from ..autodiff import gather, zeros
-from . import Op, OpContext, ParamSpec, per_axis, spatial_rank
-from .conv import Conv, check_groups, pad_pairs
+from . import Op, OpContext, ParamSpec, is_size, per_axis, proven, spatial_rank
+from .conv import Conv, check_groups, fixed_channels, pad_pairs
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -47,6 +47,10 @@ class ConvTranspose(Op):
         smallest = [(size - 1) * s - lo - hi + d * (k - 1) + 1 for size, (lo, hi), k, s, d in
                     zip(ctx.shapes[0][2:], pads, conv.kernel, conv.stride, conv.dilation)]
         if output_size is not None:
+            for axis, m in enumerate(smallest):
+                if not is_size(m):
+                    raise ctx.error(f"output_size needs fixed input sizes, found {m} along "
+                                    f"spatial axis {axis}; give output_padding instead")
             sizes = per_axis(output_size, rank, "output_size", ctx)
             for axis, (o, m, s, d) in enumerate(zip(sizes, smallest, conv.stride,
                                                     conv.dilation)):
@@ -61,7 +65,7 @@ class ConvTranspose(Op):
                 raise ctx.error(f"output padding must be below the stride or the dilation "
                                 f"along spatial axis {axis} (the sizes a stride of {s} "
                                 f"makes ambiguous): found {e}; the smallest output is {m}")
-            if m + e < 1:
+            if proven(m + e < 1):  # for a variable size: checked at call time
                 raise ctx.error(f"the output would be empty along spatial axis {axis}: "
                                 f"{m + e} cells (padding {pads[axis]} is too large)")
         return cls(channels=channels, kernel=conv.kernel, stride=conv.stride,
@@ -70,7 +74,7 @@ class ConvTranspose(Op):
 
     def parameters(self, ctx: OpContext) -> tuple[ParamSpec, ...]:
         self.check_inputs(ctx)
-        cin = ctx.shapes[0][1]
+        cin = fixed_channels(ctx)
         check_groups(ctx, cin, self.channels, self.groups)
         per_group = self.channels // self.groups
         fan_in = cin // self.groups * math.prod(self.kernel)

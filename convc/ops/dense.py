@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import sympy
 
 from ..ir.comprehension import Comprehension, Reduction
-from . import Op, OpContext, ParamSpec, fmt, index, positive_int
+from . import Op, OpContext, ParamSpec, fmt, index, is_size, positive_int
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -27,6 +27,12 @@ class Dense(Op):
         if len(x) != 2:
             raise ctx.error(f"expected a 2-d input (N, features), found shape {fmt(x)}; "
                             f"flatten it first with g.flatten")
+        if not is_size(x[1]):
+            raise ctx.error(f"the features must be a fixed number for the weight, found "
+                            f"{x[1]} (input shape {fmt(x)}), which varies with the input "
+                            f"size; pool over all positions first (g.global_avg_pool or "
+                            f"g.global_max_pool) to get a fixed number, or compile for fixed "
+                            f"sizes (convc.compile(..., sizes=...))")
         weight = ParamSpec("weight", (self.units, x[1]), x[1])
         return (weight, ParamSpec("bias", (self.units,), x[1])) if self.bias else (weight,)
 

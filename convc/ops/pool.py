@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import sympy
 
 from ..ir.comprehension import ACC, Comprehension, Reduction
-from . import Op, OpContext, index, per_axis, spatial_rank
+from . import Op, OpContext, index, is_size, per_axis, proven, spatial_rank
 from .conv import resolve_padding
 
 KINDS = ("max", "avg", "lp")
@@ -63,7 +63,7 @@ class Pool(Op):
         (lo, hi), w, s, d = self.padding[axis], self.window[axis], self.stride[axis], \
             self.dilation[axis]
         extent, padded = d * (w - 1) + 1, size + lo + hi
-        if padded < extent:
+        if proven(padded < extent):  # for a variable size: checked at call time
             raise ctx.error(f"window larger than the padded input along spatial axis {axis}: "
                             f"the window spans {extent} but the input padded by {(lo, hi)} "
                             f"has {padded}")
@@ -71,11 +71,15 @@ class Pool(Op):
             return (padded - extent) // s + 1
         out = -(-(padded - extent) // s) + 1
         # a last partial window must start inside the input or its left padding
-        return out - 1 if (out - 1) * s >= size + lo else out
+        if is_size(size):
+            return out - 1 if (out - 1) * s >= size + lo else out
+        return sympy.Piecewise((out - 1, (out - 1) * s >= size + lo), (out, True))
 
     def _check_windows_reach_input(self, ctx, axis, size, out) -> None:
         (lo, _), w, s, d = self.padding[axis], self.window[axis], self.stride[axis], \
             self.dilation[axis]
+        if not is_size(out):
+            return  # a variable size: checked at call time, on the size given
         for j in range(out):
             if not any(0 <= s * j + d * m - lo < size for m in range(w)):
                 raise ctx.error(f"window {j} along spatial axis {axis} covers only padding "
@@ -112,11 +116,11 @@ class Pool(Op):
         for i, size, o, w, s, d, (lo, hi) in zip(outs, sizes, out_sizes, self.window,
                                                    self.stride, self.dilation, self.padding):
             first, last = (-lo, size + hi) if self.count_include_pad else (0, size)
-            if -lo >= first and s * (o - 1) + d * (w - 1) - lo < last:
+            if -lo >= first and proven(s * (o - 1) + d * (w - 1) - lo < last):
                 count *= w  # no window leaves the counted region
                 continue
-            start = sympy.Max(0, sympy.ceiling(sympy.Rational(first + lo, d) - s * i / d))
-            stop = sympy.Min(w - 1, sympy.floor(sympy.Rational(last - 1 + lo, d) - s * i / d))
+            start = sympy.Max(0, sympy.ceiling(sympy.sympify(first + lo) / d - s * i / d))
+            stop = sympy.Min(w - 1, sympy.floor(sympy.sympify(last - 1 + lo) / d - s * i / d))
             count *= stop - start + 1
         return count
 

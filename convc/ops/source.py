@@ -6,14 +6,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import BATCH, Op, OpContext, is_int
+from . import BATCH, Op, OpContext, is_int, size_symbol
 
 DTYPES = ("float", "int64")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Input(Op):
-    """A tensor given at call time; ``None`` on axis 0 is the batch size ``N``."""
+    """A tensor given at call time. ``None`` on axis 0 is the batch size ``N``; on another
+    axis it is a size of this input alone, given at call time too (section 9.7: ``x_H``,
+    ``x_W`` for an ``(N, C, H, W)`` input ``x``; see `size_symbol`)."""
 
     kind = "input"
     arity = 0
@@ -32,9 +34,10 @@ class Input(Op):
             if d is None and axis == 0:
                 dims.append(BATCH)
             elif d is None:
-                raise ctx.error(f"only the leading (batch) axis may be None, found {shape!r}")
+                dims.append(size_symbol(ctx.name, axis, len(shape)))
             elif not is_int(d) or d < 1:
-                raise ctx.error(f"sizes must be positive ints (or None for the batch), "
+                raise ctx.error(f"sizes must be positive ints (or None for a size given at "
+                                f"call time), "
                                 f"found {d!r} at axis {axis} of {shape!r}")
             else:
                 dims.append(int(d))
