@@ -20,7 +20,7 @@ from .ir.comprehension import Comprehension, Reduction
 from .contract import Gemm
 from .spectral import Spectra, Transform
 from .loops import format_nest
-from .ops import BATCH, fmt
+from .ops import ASSUMED_SIZE, BATCH, fmt
 from .pipeline import Lowered, Step
 
 # The rough rates behind TIME's estimate, per thread, float32 (float64: half the flops):
@@ -162,20 +162,26 @@ def estimated_seconds(lowered: Lowered, step: Step, batch: int = ESTIMATE_BATCH)
             batch_extent = part.batch.extent if part.batch else 1
             outer = sympy.Mul(*(d.extent for d in part.outer))
             work = 2 * part.m * part.n * part.k * batch_extent * outer
-            total += float(sympy.sympify(work).subs(BATCH, batch)) / (GEMM_FLOPS * scale)
+            total += _at(work, batch) / (GEMM_FLOPS * scale)
         elif isinstance(part, Spectra):
             work = 8 * part.m * part.n * part.k * part.batch * part.count
-            total += float(sympy.sympify(work).subs(BATCH, batch)) / (DIRECT_FLOPS * scale)
+            total += _at(work, batch) / (DIRECT_FLOPS * scale)
         elif isinstance(part, Transform):
             points = math.prod(part.dims)
             work = 2.5 * points * math.log2(max(points, 2)) * sympy.sympify(part.count)
-            total += float(work.subs(BATCH, batch)) / (FFT_FLOPS * scale)
+            total += _at(work, batch) / (FFT_FLOPS * scale)
         else:
-            work = float(flops(part, shapes).subs(BATCH, batch)) / (DIRECT_FLOPS * scale)
+            work = _at(flops(part, shapes), batch) / (DIRECT_FLOPS * scale)
             size = sympy.Mul(*shapes[part.tensor]) if shapes[part.tensor] else 1
-            moved = 2 * width * float(sympy.sympify(size).subs(BATCH, batch)) / BANDWIDTH
+            moved = 2 * width * _at(size, batch) / BANDWIDTH
             total += max(work, moved)
     return total / lowered.threads
+
+
+def _at(expr, batch: int) -> float:
+    """A count at batch size ``batch``, other variable sizes at `ASSUMED_SIZE`."""
+    expr = sympy.sympify(expr).subs(BATCH, batch)
+    return float(expr.subs({s: ASSUMED_SIZE for s in expr.free_symbols}))
 
 
 def _time(lowered: Lowered, step: Step) -> str:
@@ -183,8 +189,7 @@ def _time(lowered: Lowered, step: Step) -> str:
     tuned = lowered.tuned.get((step.node, step.role))
     batch = next((t["batch"] for t in lowered.tuned.values()), ESTIMATE_BATCH)
     shapes = {n: b.shape for n, b in lowered.buffers.items()}
-    work = float(sum((flops(c, shapes) for c in step.comps), sympy.Integer(0)).subs(
-        BATCH, batch))
+    work = _at(sum((flops(c, shapes) for c in step.comps), sympy.Integer(0)), batch)
 
     def shown(seconds: float) -> str:
         rate = f", {work / seconds / 1e9:.1f} GFLOP/s" if work and seconds > 0 else ""
