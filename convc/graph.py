@@ -31,6 +31,7 @@ from .ops.pool import GlobalPool, Pool
 from .ops.reshape import Flatten
 from .ops.softmax import Softmax, SoftmaxCrossEntropy
 from .ops.source import Input, Param
+from .ops.tiled import LocallyConnected, TiledConv
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -166,10 +167,11 @@ class Graph:
         padding="valid",
         dilation=1,
         groups: int = 1,
-        bias: bool = True,
+        bias: bool | str = True,
         weight: Tensor | None = None,
         name: str | None = None,
         algorithm: str | None = None,
+        bias_tiles=None,
     ) -> Tensor:
         """Convolution (cross-correlation, equation 9.7) over 1, 2 or 3 spatial axes.
 
@@ -180,10 +182,15 @@ class Graph:
         existing parameter instead of creating ``<node>.weight`` (shared weights).
         ``algorithm`` (``"gemm"``, ``"direct"`` or ``"auto"``) overrides, for this node and
         its gradients, the module's choice of how they run (see `convc.lower`).
+        ``bias`` (section 9.5) is ``"shared"`` (``True``: one per channel), ``"untied"``
+        (one per channel and output position, shape ``(channels, out...)``), ``"tiled"``
+        (``bias_tiles`` biases cycled along each axis, shape ``(channels, bias_tiles...)``)
+        or ``False``.
         """
         return self._layer(Conv, (x,), name, {"weight": weight}, algorithm, channels=channels,
                            kernel=kernel, stride=stride,
-                           padding=padding, dilation=dilation, groups=groups, bias=bias)
+                           padding=padding, dilation=dilation, groups=groups, bias=bias,
+                           bias_tiles=bias_tiles)
 
     def conv_transpose(
         self,
@@ -242,6 +249,37 @@ class Graph:
     def global_avg_pool(self, x: Tensor, name: str | None = None) -> Tensor:
         """Mean over all spatial positions: ``(N, C, ...)`` to ``(N, C)``."""
         return self._layer(GlobalPool, (x,), name, kind="avg")
+
+    def locally_connected(self, x: Tensor, channels: int, kernel, stride=1, padding=0,
+                          dilation=1, bias: bool | str = True, bias_tiles=None,
+                          name: str | None = None, algorithm: str | None = None) -> Tensor:
+        """Locally connected layer (unshared convolution, equation 9.9): a kernel of its
+        own at every output position, over 1, 2 or 3 spatial axes.
+
+        The weight is ``(out..., channels, in_channels, *kernel)``: the kernel of output
+        position ``i`` is ``weight[i]``, so the layer runs as a batch of matrix products
+        over positions. ``padding`` as for `conv`. ``bias`` is ``"shared"`` (``True``, one
+        per channel), ``"untied"`` (one per channel and position, ``(channels, out...)``,
+        the chapter's natural choice here), ``"tiled"`` (with ``bias_tiles``) or ``False``.
+        """
+        return self._layer(LocallyConnected, (x,), name, None, algorithm, channels=channels,
+                           kernel=kernel, stride=stride, padding=padding, dilation=dilation,
+                           bias=bias, bias_tiles=bias_tiles)
+
+    def tiled_conv(self, x: Tensor, channels: int, kernel, tiles, stride=1, padding=0,
+                   dilation=1, bias: bool | str = True, name: str | None = None,
+                   algorithm: str | None = None) -> Tensor:
+        """Tiled convolution (equation 9.10): ``tiles`` kernels (an int or one per spatial
+        axis) cycled through space, output position ``i`` using kernel ``i mod tiles``.
+
+        ``tiles=1`` is a convolution and ``tiles`` equal to the output size a locally
+        connected layer. The weight is ``(tiles..., channels, in_channels, *kernel)``.
+        ``bias`` is ``"shared"`` (``True``), ``"tiled"`` (cycled like the kernels,
+        ``(channels, tiles...)``), ``"untied"`` or ``False``.
+        """
+        return self._layer(TiledConv, (x,), name, None, algorithm, channels=channels,
+                           kernel=kernel, tiles=tiles, stride=stride, padding=padding,
+                           dilation=dilation, bias=bias)
 
     def relu(self, x: Tensor, name: str | None = None) -> Tensor:
         return self._layer(Relu, (x,), name)

@@ -4,19 +4,23 @@
 
 per spatial axis (``s`` stride, ``d`` dilation, ``p`` padding before), with ``G`` groups of
 ``C' = C/G`` input and ``K' = K/G`` output channels. The group split is affine, so the group
-index is just another free variable; it is left out when ``G = 1``.
+index is just another free variable; it is left out when ``G = 1``. The bias is shared
+(``b[k]``), untied (``b[k, i]``) or tiled (``b[k, i mod t]``, added by comprehensions of its
+own over the positions split as ``i = t·q + r``); see `convc.ops.bias`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy
 
 from ..ir.comprehension import Comprehension, Reduction
 from . import (Op, OpContext, ParamSpec, fmt, index, is_int, per_axis, positive_int,
                spatial_rank)
+from .bias import (Piece, bias_shape, bias_tiles_of, bias_value, resolve_bias,
+                   tiled_bias_comprehensions)
 
 PADDING_MODES = ("valid", "same", "full")
 
@@ -32,11 +36,12 @@ class Conv(Op):
     dilation: tuple[int, ...]
     padding: tuple[tuple[int, int], ...]
     groups: int
-    bias: bool
+    bias: str | bool  # "shared", "untied", "tiled" (section 9.5) or False
+    bias_tiles: tuple[int, ...] | None = None
 
     @classmethod
     def from_args(cls, ctx: OpContext, *, channels, kernel, stride, padding, dilation,
-                  groups, bias) -> Conv:
+                  groups, bias, bias_tiles=None) -> Conv:
         rank = spatial_rank(ctx)
         channels = positive_int(channels, "channels", ctx)
         groups = positive_int(groups, "groups", ctx)
@@ -45,8 +50,13 @@ class Conv(Op):
         dilation = per_axis(dilation, rank, "dilation", ctx)
         extents = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
         pads = resolve_padding(padding, ctx.shapes[0][2:], extents, stride, ctx)
-        return cls(channels=channels, kernel=kernel, stride=stride, dilation=dilation,
-                   padding=pads, groups=groups, bias=bool(bias))
+        conv = cls(channels=channels, kernel=kernel, stride=stride, dilation=dilation,
+                   padding=pads, groups=groups, bias=resolve_bias(bias, ctx))
+        if not conv.bias or conv.bias == "shared":
+            bias_tiles_of(conv.bias, bias_tiles, (), ctx)  # refuses tiles given in vain
+            return conv
+        out_sizes = conv.infer(ctx)[0][2:]
+        return replace(conv, bias_tiles=bias_tiles_of(conv.bias, bias_tiles, out_sizes, ctx))
 
     @property
     def rank(self) -> int:
@@ -59,7 +69,11 @@ class Conv(Op):
         per_group = cin // self.groups
         fan_in = per_group * math.prod(self.kernel)
         weight = ParamSpec("weight", (self.channels, per_group, *self.kernel), fan_in)
-        return (weight, ParamSpec("bias", (self.channels,), fan_in)) if self.bias else (weight,)
+        if not self.bias:
+            return (weight,)
+        out_sizes = self.infer(ctx)[0][2:]
+        return (weight, ParamSpec("bias", bias_shape(self.bias, self.channels, out_sizes,
+                                                     self.bias_tiles), fan_in))
 
     def infer(self, ctx: OpContext):
         x = ctx.shapes[0]
@@ -92,16 +106,23 @@ class Conv(Op):
         Z = sympy.IndexedBase(out)[(n, kout, *outs)]
         free = [(n, shapes[0][0])] + ([(g, G)] if G > 1 else []) + [(k, Kg)]
         free += list(zip(outs, out_shape[2:]))
-        return (Comprehension(
+        init = None
+        if self.bias in ("shared", "untied"):
+            init = bias_value(self.bias, ins[2], kout, Piece((), tuple(outs), ()))
+        comp = Comprehension(
             output=Z,
             free=tuple(free),
             reduced=((c, sympy.Integer(Cg)), *zip(ms, map(sympy.Integer, self.kernel))),
             reduction=Reduction.SUM,
             body=V * W,
-            init=sympy.IndexedBase(ins[2])[kout] if self.bias else None,
+            init=init,
             fill=((x, sympy.Integer(0)),),
             equation="eq. 9.7" if set(self.stride) == {1} else "eq. 9.8",
-        ),)
+        )
+        if self.bias != "tiled":
+            return (comp,)
+        return (comp, *tiled_bias_comprehensions(out, ins[2], shapes[0][0], self.channels,
+                                                 out_shape[2:], self.bias_tiles))
 
 
 def check_groups(ctx: OpContext, cin: int, cout: int, groups: int) -> None:
