@@ -17,8 +17,12 @@ import itertools
 
 import numpy as np
 import pytest
+import sympy
 
 import convc
+from convc.ir.affine import index_range, is_proven
+from convc.ir.comprehension import Comprehension
+from convc.loops import Block, Loop
 from test_autodiff import check_finite_differences
 from reference import conv as conv_reference
 from reference import padding_pairs
@@ -328,3 +332,61 @@ def test_bias_shapes():
     assert p["d.weight"] == (3, 2, 3, 3) and p["d.bias"] == (3, 1, 3)
     assert p["e.bias"] == (3, 5, 6)
     assert "f.bias" not in p
+
+
+
+@pytest.mark.parametrize("case", ["lc1d", "lc2d_same_untied", "tiled2d_partial_both",
+                                  "tiled1d_stride"])
+def test_packings_read_only_inside_their_tensors(case):
+    """Every read of a packing that is not guarded by a fill value stays inside its tensor
+    over the packing's whole box: a constraint that both factors of a product read
+    (0 <= j - m < O in a locally connected layer's input gradient bounds the kernel's
+    position and the output gradient's alike) must keep both packings inside."""
+    lowered = net_of(case, "gemm").lowered
+    shapes = {n: b.shape for n, b in lowered.buffers.items()}
+    packings = [c for parts in lowered.parts.values() for c in parts
+                if isinstance(c, Comprehension) and c.equation.startswith("pack")]
+    assert packings
+    for comp in packings:
+        extents = {d.var: d.stop for d in comp.free}
+        for access in comp.body.atoms(sympy.Indexed):
+            tensor = str(access.base.label)
+            if comp.fill_of(tensor) is not None:
+                continue  # lowering guards or clips it
+            for idx, size in zip(access.indices, shapes[tensor]):
+                lo, hi = index_range(idx, extents)
+                assert is_proven(lo >= 0) and is_proven(hi <= size - 1), (comp.text(), access)
+
+
+def loop_trips(stmts, var: str, env) -> int:
+    """How many iterations the loops over ``var`` run in the nest, bounds evaluated exactly."""
+    total = 0
+    for s in stmts:
+        if isinstance(s, Block):
+            total += loop_trips(s.body, var, env)
+        elif isinstance(s, Loop):
+            start, stop = (int(sympy.sympify(e).xreplace(env)) for e in (s.start, s.stop))
+            total += max(stop - start, 0) if str(s.var) == var else 0
+            for v in range(start, stop):
+                total += loop_trips(s.body, var, {**env, s.var: sympy.Integer(v)})
+    return total
+
+
+def test_tiled_input_gradient_visits_only_the_tiles_that_reach_each_input():
+    """In the derived input gradient of a tiled convolution, the sum over the tile number q
+    (output position 2q + r) runs over the two or three tiles whose window reaches the
+    input cell, not over all 30: lowering bounds every reduced variable of a constraint,
+    not only its innermost one."""
+    g = build("tiled_conv", (1, 62), dict(channels=1, kernel=3, tiles=2, bias=False))
+    lowered = convc.lower(g, "float64", grad=["x"], algorithm="direct")
+    (step,) = [s for s in lowered.derivatives("layer") if s.role == "dinput"]
+    batch = next(s for s in lowered.kernels[step].nests[0].stop.free_symbols)
+    trips = loop_trips(lowered.kernels[step].nests, "q0", {batch: sympy.Integer(1)})
+    assert 0 < trips <= 3 * 62, trips
+    x = np.random.default_rng(10).standard_normal((1, 1, 62))
+    net = convc.compile(g, "float64", grad=["x"])
+    w = np.random.default_rng(11).standard_normal(net.parameters["layer.weight"])
+    G = np.random.default_rng(12).standard_normal((1, 1, 60))
+    _, grads = net(x=x, **{"layer.weight": w, "grad:layer": G})
+    c = tiled_reference(x, w, tiles=2)
+    assert abs(np.vdot(c, G) - np.vdot(x, grads["x"])) < 1e-10 * np.abs(c).sum()
