@@ -20,7 +20,7 @@ import convc
 from convc.explain import flops
 from convc.train import Adam, fit
 
-EPOCHS = int(sys.argv[1]) if len(sys.argv) > 1 else 6
+EPOCHS = int(sys.argv[1]) if len(sys.argv) > 1 else 4
 
 LAYERS = {
     "convolution": lambda g, x: g.conv(x, 16, 3, padding=1, bias="shared", name="layer"),
@@ -67,11 +67,11 @@ def main() -> None:
     rows = []
     for label, layer in LAYERS.items():
         g = network(layer)
-        net = convc.compile(g, grad=True)
+        net = convc.compile(g, grad=True, num_threads=1)  # small layers: one thread
         params = net.init_params(seed=0)
         shapes = {n: s for n, s in g.parameters().items() if n.startswith("layer.")}
         count = sum(int(np.prod(s)) for s in shapes.values())
-        fit(net, params, Adam(params, lr=3e-3), {"x": train_x, "y": train_y}, epochs=EPOCHS,
+        fit(net, params, Adam(params, lr=5e-3), {"x": train_x, "y": train_y}, epochs=EPOCHS,
             batch_size=64, seed=0, log=lambda line: None)
         outputs, _ = net(x=test_x, y=test_y, **params)
         accuracy = float((outputs["dense0"].argmax(axis=1) == test_y).mean())
