@@ -18,14 +18,14 @@ import itertools
 import numpy as np
 import pytest
 import sympy
+from reference import conv as conv_reference
+from reference import padding_pairs
+from test_autodiff import check_finite_differences
 
 import convc
 from convc.ir.affine import index_range, is_proven
 from convc.ir.comprehension import Comprehension
 from convc.loops import Block, Loop
-from test_autodiff import check_finite_differences
-from reference import conv as conv_reference
-from reference import padding_pairs
 
 
 # -- the independent reference ---------------------------------------------------------------
@@ -119,7 +119,7 @@ def build(kind, shape, kwargs, algorithm="auto"):
     return g
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def net_of(case, algorithm="auto", grad=True):
     kind, shape, kwargs = CASES[case]
     g = build(kind, shape, kwargs, algorithm)
@@ -173,7 +173,6 @@ def test_products_and_direct_loops_agree(case):
     reference, forward and gradients."""
     nets = [net_of(case, algorithm) for algorithm in ("gemm", "direct")]
     rng, x, params = arrays(nets[0], case, 2)
-    kind, _, _ = CASES[case]
     seed = rng.standard_normal(np.shape(reference(case, x, params)))
     (out_a, grads_a), (out_b, grads_b) = (n(x=x, **params, **{"grad:layer": seed})
                                           for n in nets)
