@@ -270,12 +270,14 @@ class _Roles:
         batch = self.batch
         loops = tuple(dims[v] for v in self.outer if v != batch)
         shared = (*self.outer, batch) if self.k_batch else self.outer
-        where = list(comp.where)
         views = []
         for name, access, rows, cols in (("a", self.a, self.m, self.k),
                                          ("b", self.b, self.k, self.n)):
-            view, made = _view(comp, name, access, rows, cols, shared, batch, where, shapes,
-                               packed)
+            # each operand applies every constraint on its own variables: one that both
+            # read (a locally connected kernel's input gradient, 0 <= j - m < O, bounds the
+            # position of the kernel and of the output gradient alike) keeps both inside
+            view, made = _view(comp, name, access, rows, cols, shared, batch,
+                               list(comp.where), shapes, packed)
             pre += made
             views.append(view)
         c = View(comp.tensor, _offset(out_coeffs, out_const, [d.var for d in loops]),

@@ -33,6 +33,7 @@ from .ops.reshape import Flatten
 from .ops.separable import SeparableConv
 from .ops.softmax import Softmax, SoftmaxCrossEntropy
 from .ops.source import Constant, Input, Param
+from .ops.tiled import LocallyConnected, TiledConv
 from .ops.weighted_pool import WeightedPool
 from .sizes import check_size_names
 
@@ -173,10 +174,11 @@ class Graph:
         padding="valid",
         dilation=1,
         groups: int = 1,
-        bias: bool = True,
+        bias: bool | str = True,
         weight: Tensor | None = None,
         name: str | None = None,
         algorithm: str | None = None,
+        bias_tiles=None,
         separable: bool = False,
         flip: bool = False,
         connections=None,
@@ -190,6 +192,10 @@ class Graph:
         existing parameter instead of creating ``<node>.weight`` (shared weights).
         ``algorithm`` (``"gemm"``, ``"direct"`` or ``"auto"``) overrides, for this node and
         its gradients, the module's choice of how they run (see `convc.lower`).
+        ``bias`` (section 9.5) is ``"shared"`` (``True``: one per channel), ``"untied"``
+        (one per channel and output position, shape ``(channels, out...)``), ``"tiled"``
+        (``bias_tiles`` biases cycled along each axis, shape ``(channels, bias_tiles...)``)
+        or ``False``.
         ``separable=True`` learns the kernel as an outer product of one 1-D factor per axis,
         ``<node>.weight0``, ``<node>.weight1``… of shape ``(channels, in_channels / groups,
         kernel[a])``, and runs it as one pass per axis (section 9.8).
@@ -199,16 +205,18 @@ class Graph:
         channel k to input channel c only where ``connections[k, c]`` (figure 9.15).
         """
         if separable:
-            if weight is not None or flip or connections is not None:
-                raise GraphError(f"a separable convolution learns its own 1-D factors; "
-                                 f"it takes no weight, flip or connections ({user_source()})")
+            if weight is not None or flip or connections is not None or bias_tiles is not None \
+                    or bias not in (True, False, "shared"):
+                raise GraphError(f"a separable convolution learns its own 1-D factors and a "
+                                 f"shared bias; it takes no weight, flip, connections, or "
+                                 f"untied or tiled bias ({user_source()})")
             return self._layer(SeparableConv, (x,), name, None, algorithm, channels=channels,
                                kernel=kernel, stride=stride, padding=padding,
                                dilation=dilation, groups=groups, bias=bias)
         return self._layer(Conv, (x,), name, {"weight": weight}, algorithm, channels=channels,
                            kernel=kernel, stride=stride,
                            padding=padding, dilation=dilation, groups=groups, bias=bias,
-                           flip=flip, connections=connections)
+                           bias_tiles=bias_tiles, flip=flip, connections=connections)
 
     def conv_transpose(
         self,
@@ -332,6 +340,37 @@ class Graph:
         """Mean over a fixed grid of ``output_size`` cells whatever the input's size (section
         9.3), each cell divided by its own count; cells as in `adaptive_max_pool`."""
         return self._layer(AdaptivePool, (x,), name, kind="avg", output_size=output_size)
+
+    def locally_connected(self, x: Tensor, channels: int, kernel, stride=1, padding=0,
+                          dilation=1, bias: bool | str = True, bias_tiles=None,
+                          name: str | None = None, algorithm: str | None = None) -> Tensor:
+        """Locally connected layer (unshared convolution, equation 9.9): a kernel of its
+        own at every output position, over 1, 2 or 3 spatial axes.
+
+        The weight is ``(out..., channels, in_channels, *kernel)``: the kernel of output
+        position ``i`` is ``weight[i]``, so the layer runs as a batch of matrix products
+        over positions. ``padding`` as for `conv`. ``bias`` is ``"shared"`` (``True``, one
+        per channel), ``"untied"`` (one per channel and position, ``(channels, out...)``,
+        the chapter's natural choice here), ``"tiled"`` (with ``bias_tiles``) or ``False``.
+        """
+        return self._layer(LocallyConnected, (x,), name, None, algorithm, channels=channels,
+                           kernel=kernel, stride=stride, padding=padding, dilation=dilation,
+                           bias=bias, bias_tiles=bias_tiles)
+
+    def tiled_conv(self, x: Tensor, channels: int, kernel, tiles, stride=1, padding=0,
+                   dilation=1, bias: bool | str = True, name: str | None = None,
+                   algorithm: str | None = None) -> Tensor:
+        """Tiled convolution (equation 9.10): ``tiles`` kernels (an int or one per spatial
+        axis) cycled through space, output position ``i`` using kernel ``i mod tiles``.
+
+        ``tiles=1`` is a convolution and ``tiles`` equal to the output size a locally
+        connected layer. The weight is ``(tiles..., channels, in_channels, *kernel)``.
+        ``bias`` is ``"shared"`` (``True``), ``"tiled"`` (cycled like the kernels,
+        ``(channels, tiles...)``), ``"untied"`` or ``False``.
+        """
+        return self._layer(TiledConv, (x,), name, None, algorithm, channels=channels,
+                           kernel=kernel, tiles=tiles, stride=stride, padding=padding,
+                           dilation=dilation, bias=bias)
 
     def relu(self, x: Tensor, name: str | None = None) -> Tensor:
         return self._layer(Relu, (x,), name)

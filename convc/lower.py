@@ -183,7 +183,38 @@ def _bound(comp: Comprehension, constraint, bounds) -> bool:
     start, stop = solve_inside(coeffs[v], expr - coeffs[v] * v - low, high - low)
     lo, hi = bounds[v]
     bounds[v] = (sympy.Max(lo, start), sympy.Min(hi, stop))
+    _project(comp, expr, low, high, coeffs, v, bounds)
     return True
+
+
+def _project(comp: Comprehension, expr, low, high, coeffs, innermost, bounds) -> None:
+    """Bound the other reduced variables of ``low <= expr < high`` too, each by what the
+    constraint allows over the whole ranges of the variables inside it (a necessary
+    condition, so no point that satisfies it is dropped).
+
+    Example: a tiled kernel's input gradient sums over ``q`` and ``r`` (an output position
+    ``2q + r``, ``r < 2``) with ``0 <= τ + 1 - 2q - r < 3``; ``r`` gets its exact bounds
+    and ``q`` the two or three values ``ceil((τ - 2)/2) <= q <= floor((τ + 1)/2)`` instead
+    of its whole range. Only reduced variables: a free one skipped would leave its output
+    unwritten.
+    """
+    order = [d.var for d in comp.variables]
+    reduced = {d.var for d in comp.reduced}
+    dims = {d.var: d for d in comp.variables}
+    for w in coeffs:
+        if w == innermost or w not in reduced:
+            continue
+        inner = [u for u in coeffs if order.index(u) > order.index(w)]
+        if not all(dims[u].start.is_number and dims[u].stop.is_number for u in inner):
+            continue
+        part = sum((coeffs[u] * (u - dims[u].start) for u in inner), sympy.Integer(0))
+        shift = sum((coeffs[u] * dims[u].start for u in inner), sympy.Integer(0))
+        lo_in, hi_in = index_range(part, {u: dims[u].extent for u in inner})
+        lo_in, hi_in = lo_in + shift, hi_in + shift
+        rest = expr - coeffs[w] * w - sum((coeffs[u] * u for u in inner), sympy.Integer(0))
+        start, stop = solve_inside(coeffs[w], rest - (low - hi_in), high - low + hi_in - lo_in)
+        lo, hi = bounds[w]
+        bounds[w] = (sympy.Max(lo, start), sympy.Min(hi, stop))
 
 
 def _fold_single_points(comp: Comprehension) -> Comprehension:

@@ -4,13 +4,15 @@
 
 per spatial axis (``s`` stride, ``d`` dilation, ``p`` padding before), with ``G`` groups of
 ``C' = C/G`` input and ``K' = K/G`` output channels. The group split is affine, so the group
-index is just another free variable; it is left out when ``G = 1``.
+index is just another free variable; it is left out when ``G = 1``. The bias is shared
+(``b[k]``), untied (``b[k, i]``) or tiled (``b[k, i mod t]``, added by comprehensions of its
+own over the positions split as ``i = t·q + r``); see `convc.ops.bias`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import sympy
@@ -18,6 +20,8 @@ import sympy
 from ..ir.comprehension import Comprehension, Reduction
 from . import (Op, OpContext, ParamSpec, fmt, index, is_int, is_size, per_axis, positive_int,
                proven, spatial_rank)
+from .bias import (Piece, bias_shape, bias_tiles_of, bias_value, resolve_bias,
+                   tiled_bias_comprehensions)
 
 PADDING_MODES = ("valid", "same", "full")
 
@@ -33,13 +37,14 @@ class Conv(Op):
     dilation: tuple[int, ...]
     padding: tuple[tuple[int, int], ...]
     groups: int
-    bias: bool
+    bias: str | bool  # "shared", "untied", "tiled" (section 9.5) or False
+    bias_tiles: tuple[int, ...] | None = None
     flip: bool = False
     connections: tuple[tuple[bool, ...], ...] | None = None
 
     @classmethod
     def from_args(cls, ctx: OpContext, *, channels, kernel, stride, padding, dilation,
-                  groups, bias, flip=False, connections=None) -> Conv:
+                  groups, bias, bias_tiles=None, flip=False, connections=None) -> Conv:
         rank = spatial_rank(ctx)
         channels = positive_int(channels, "channels", ctx)
         groups = positive_int(groups, "groups", ctx)
@@ -52,9 +57,14 @@ class Conv(Op):
             raise ctx.error(f"flip must be True or False, found {flip!r}")
         table = None if connections is None else check_connections(
             ctx, connections, channels, groups)
-        return cls(channels=channels, kernel=kernel, stride=stride, dilation=dilation,
-                   padding=pads, groups=groups, bias=bool(bias), flip=flip,
+        conv = cls(channels=channels, kernel=kernel, stride=stride, dilation=dilation,
+                   padding=pads, groups=groups, bias=resolve_bias(bias, ctx), flip=flip,
                    connections=table)
+        if not conv.bias or conv.bias == "shared":
+            bias_tiles_of(conv.bias, bias_tiles, (), ctx)  # refuses tiles given in vain
+            return conv
+        out_sizes = conv.infer(ctx)[0][2:]
+        return replace(conv, bias_tiles=bias_tiles_of(conv.bias, bias_tiles, out_sizes, ctx))
 
     @property
     def rank(self) -> int:
@@ -67,7 +77,11 @@ class Conv(Op):
         per_group = cin // self.groups
         fan_in = per_group * math.prod(self.kernel)
         weight = ParamSpec("weight", (self.channels, per_group, *self.kernel), fan_in)
-        specs = (weight, ParamSpec("bias", (self.channels,), fan_in)) if self.bias else (weight,)
+        specs = (weight,)
+        if self.bias:
+            out_sizes = self.infer(ctx)[0][2:]
+            specs += (ParamSpec("bias", bias_shape(self.bias, self.channels, out_sizes,
+                                                   self.bias_tiles), fan_in),)
         if self.connections is not None:
             table = np.array(self.connections, dtype=np.float64)
             if table.shape[1] != cin:
@@ -112,16 +126,24 @@ class Conv(Op):
         Z = sympy.IndexedBase(out)[(n, kout, *outs)]
         free = [(n, shapes[0][0])] + ([(g, G)] if G > 1 else []) + [(k, Kg)]
         free += list(zip(outs, out_shape[2:]))
-        return masked + (Comprehension(
+        init = None
+        if self.bias in ("shared", "untied"):
+            init = bias_value(self.bias, ins[2], kout, Piece((), tuple(outs), ()))
+        comp = Comprehension(
             output=Z,
             free=tuple(free),
             reduced=((c, sympy.Integer(Cg)), *zip(ms, map(sympy.Integer, self.kernel))),
             reduction=Reduction.SUM,
             body=V * W,
-            init=sympy.IndexedBase(ins[2])[kout] if self.bias else None,
+            init=init,
             fill=((x, sympy.Integer(0)),),
             equation="eq. 9.7" if set(self.stride) == {1} else "eq. 9.8",
-        ),)
+        )
+        if self.bias != "tiled":
+            return (*masked, comp)
+        return (*masked, comp, *tiled_bias_comprehensions(out, ins[2], shapes[0][0],
+                                                          self.channels, out_shape[2:],
+                                                          self.bias_tiles))
 
     def _masked_weight(self, out, w, table, wshape, group, kk, Cg) -> Comprehension:
         """``W~[g·K' + k, c, m] = W[g·K' + k, c, m] · T[g·K' + k, g·C' + c]`` (figure 9.15)."""

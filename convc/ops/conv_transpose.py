@@ -20,6 +20,7 @@ import sympy
 
 from ..autodiff import gather, zeros
 from . import Op, OpContext, ParamSpec, is_size, per_axis, proven, spatial_rank
+from .bias import resolve_bias
 from .conv import Conv, check_groups, fixed_channels, pad_pairs
 
 
@@ -41,6 +42,7 @@ class ConvTranspose(Op):
     def from_args(cls, ctx: OpContext, *, channels, kernel, stride, padding, dilation,
                   groups, bias, output_padding, output_size) -> ConvTranspose:
         rank = spatial_rank(ctx)
+        bias = resolve_bias(bias, ctx, choices=("shared",))  # one per channel only
         conv = Conv.from_args(ctx, channels=channels, kernel=kernel, stride=stride,
                               padding=0, dilation=dilation, groups=groups, bias=bias)
         pads = pad_pairs(0 if padding == "valid" else padding, rank, ctx)
@@ -70,7 +72,7 @@ class ConvTranspose(Op):
                                 f"{m + e} cells (padding {pads[axis]} is too large)")
         return cls(channels=channels, kernel=conv.kernel, stride=conv.stride,
                    dilation=conv.dilation, padding=pads, output_padding=extra,
-                   groups=conv.groups, bias=conv.bias)
+                   groups=conv.groups, bias=bool(conv.bias))
 
     def parameters(self, ctx: OpContext) -> tuple[ParamSpec, ...]:
         self.check_inputs(ctx)
