@@ -1,10 +1,11 @@
 """Tuning: confirm the cost model's choice of algorithm by timing every step on this machine.
 
 `tune` compiles the graph once per candidate algorithm (every contraction packed into
-matrix products, then every one as direct loops), with step timers (`Module.profile`), runs
-each on random arrays at one batch size, and keeps for every step ``(node, role)`` the
-faster (steps that are never products have no choice to make). What it measured is cached in ``<cache>/tune-<machine>.json``, keyed by the step's
-signature: its node's op and attributes, its input shapes, its role, the dtype, the
+matrix products, every one as direct loops, and every correlation through spectra), with
+step timers (`Module.profile`), runs each on random arrays at one batch size, and keeps for
+every step ``(node, role)`` the fastest (steps that can never be products have no choice
+to make). What it measured is cached in ``<cache>/tune-<machine>.json``, keyed by the
+step's signature: its node's op and attributes, its input shapes, its role, the dtype, the
 threads and the batch. A graph whose steps are all known there is not timed again.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from .build import cache_dir, machine_signature
 from .contract import Gemm
 
-CANDIDATES = ("gemm", "direct")
+CANDIDATES = ("gemm", "direct", "fft")
 DEFAULT_BATCH = 32
 
 
