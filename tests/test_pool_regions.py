@@ -414,3 +414,25 @@ def test_lp_pool_with_a_fractional_p_has_a_gradient():
                         for j in range(3)] for i in range(4)] for c in range(2)]
                      for n in range(2)])
     np.testing.assert_allclose(out, want, rtol=1e-12)
+
+
+def test_adaptive_pooling_of_variable_sizes_runs_one_module_on_every_size():
+    """Section 9.7: one compiled module pools inputs of any size to the same grid; values
+    against the loop reference above, gradients by finite differences, and a size smaller
+    than the grid refused at call time."""
+    g = convc.Graph("any")
+    x = g.input("x", (None, 2, None, None))
+    g.output(g.adaptive_avg_pool(x, (3, 2), name="avg"), g.adaptive_max_pool(x, 3, name="mx"))
+    net = convc.compile(g, "float64", grad=["x"])
+    rng = np.random.default_rng(0)
+    for size in ((7, 5), (9, 9), (3, 4)):
+        a = rng.standard_normal((2, 2, *size))
+        out, _ = net(x=a)
+        np.testing.assert_allclose(out["avg"], adaptive_pool_ref(a, (3, 2), "avg"),
+                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(out["mx"], adaptive_pool_ref(a, (3, 3), "max"),
+                                   rtol=1e-12, atol=1e-12)
+        seeds = {o: rng.standard_normal(out[o].shape) for o in out}
+        check_finite_differences(net, {"x": a}, ["x"], seeds, rng)
+    with pytest.raises(convc.ArgumentError, match="larger than the input"):
+        net(x=np.zeros((1, 2, 2, 5)))

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import sympy
 
 from ..ir.comprehension import ACC, Comprehension, Reduction
-from . import Op, OpContext, fmt, index, is_int, positive_int, spatial_rank
+from . import Op, OpContext, fmt, index, is_int, is_size, positive_int, proven, spatial_rank
 
 KINDS = ("max", "avg")
 
@@ -104,11 +104,14 @@ class AdaptivePool(Op):
                             f"(one per spatial axis), found {output_size!r}")
         resolved = []
         for axis, (o, size) in enumerate(zip(wanted, sizes)):
+            if o is None and not is_size(size):
+                raise ctx.error(f"output_size None keeps an axis of fixed size, but spatial "
+                                f"axis {axis} has the variable size {size}: give its cells")
             o = size if o is None else o
             if not is_int(o) or o < 1:
                 raise ctx.error(f"output_size must be positive ints (or None, to keep an "
                                 f"axis), found {output_size!r}")
-            if o > size:
+            if proven(o > size):  # for a variable size: checked at call time
                 raise ctx.error(f"output_size {fmt(tuple(wanted))} is larger than the input "
                                 f"along spatial axis {axis}: {o} cells asked of {size}")
             resolved.append(int(o))
@@ -116,6 +119,10 @@ class AdaptivePool(Op):
 
     def infer(self, ctx: OpContext):
         self.check_inputs(ctx)
+        for axis, (o, size) in enumerate(zip(self.output_size, ctx.shapes[0][2:])):
+            if proven(o > size):
+                raise ctx.error(f"output_size {fmt(self.output_size)} is larger than the "
+                                f"input along spatial axis {axis}: {o} cells asked of {size}")
         return (*ctx.shapes[0][:2], *self.output_size), "float"
 
     def comprehensions(self, out, ins, shapes, out_shape):
@@ -125,7 +132,7 @@ class AdaptivePool(Op):
         reduced, spatial, where = [], [], []
         count = sympy.Integer(1)
         for a, (i, size, o) in enumerate(zip(outs, x[2:], self.output_size)):
-            if size % o == 0:  # plain windows of size/o cells, stride size/o
+            if is_size(size) and size % o == 0:  # plain windows of size/o cells, stride size/o
                 m, step = index(f"m{a}"), size // o
                 reduced.append((m, step))
                 spatial.append(step * i + m)
@@ -134,7 +141,7 @@ class AdaptivePool(Op):
             r = index(f"r{a}")
             reduced.append((r, size))
             spatial.append(r)
-            where.append((o * r - size * i, sympy.Integer(1 - o), sympy.Integer(size)))
+            where.append((o * r - size * i, sympy.Integer(1 - o), sympy.sympify(size)))
             count *= cell_count(i, size, o)
         V = sympy.IndexedBase(ins[0])[(n, c, *spatial)]
         return (Comprehension(
@@ -149,8 +156,8 @@ class AdaptivePool(Op):
         ),)
 
 
-def cell_count(i: sympy.Expr, size: int, out: int) -> sympy.Expr:
+def cell_count(i: sympy.Expr, size, out: int) -> sympy.Expr:
     """Cells of adaptive cell ``i`` along an axis: ``ceil((i + 1)·I/O) - floor(i·I/O)``."""
-    ratio = sympy.Rational(size, out)
+    ratio = sympy.sympify(size) / out
     return sympy.ceiling(ratio * (i + 1)) - sympy.floor(ratio * i)
 
