@@ -111,17 +111,29 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], force: bool = False,
 
 def cost(comp: Comprehension, shapes: dict[str, tuple]) -> float:
     """The cost-model time (multiply-adds in a full GEMM tile) of the way `plan` would run
-    a contraction: the best products, or direct loops."""
+    a contraction: the best products, or direct loops (4 per multiply-add for a short
+    window that adds whole rows, vectorised; else 32, or 96 for a gathered sum)."""
     comp = from_zero(comp)
     pair = operands(comp)
     if pair is None:
         return math.inf
-    best = (96 if comp.where else 32) * math.prod(_estimate(d.stop) for d in comp.variables)
+    best = direct_rate(comp, shapes) * math.prod(estimate(d.stop) for d in comp.variables)
     for a, b in (pair, pair[::-1]):
         for r in _roles(comp, a, b, shapes, MIN_EXTENT):
             if r.pays(comp, shapes):
                 best = min(best, r.cost(comp, shapes))
     return best
+
+
+def direct_rate(comp: Comprehension, shapes) -> float:
+    """What a multiply-add costs in direct loops, in multiply-adds of a full GEMM tile: 4
+    for a short window that adds whole rows of 64 or more (vectorised; a shorter row pays
+    its loop overhead in proportion), 96 for a gathered sum bounded by its constraints,
+    else 32."""
+    from .lower import row_length
+
+    row = row_length(comp, shapes)
+    return 4 * max(1.0, 64 / row) if row else 96 if comp.where else 32
 
 
 def from_zero(comp: Comprehension) -> Comprehension:
@@ -231,17 +243,16 @@ class _Roles:
         return 32 * packed + macs / fill
 
     def pays(self, comp: Comprehension, shapes) -> bool:
-        """Whether the products beat direct loops, which cost about 32 times a multiply-add
-        in a full tile (96 for a gathered input gradient, whose loops are bounded by its
-        constraints); and never when the packing is huge (the im2col of a large kernel over
+        """Whether the products beat direct loops (`direct_rate`); and never when the
+        packing is huge (the im2col of a large kernel over
         a large image would take gigabytes)."""
         _, _, _, macs, packed = self._figures(comp, shapes)
-        direct = (96 if comp.where else 32) * macs
+        direct = direct_rate(comp, shapes) * macs
         return packed <= MAX_PACKED and self.cost(comp, shapes) < direct
 
     def _figures(self, comp: Comprehension, shapes):
         """Rows, columns, depth, multiply-adds and packed elements, at a batch of 64."""
-        extents = {d.var: _estimate(d.stop) for d in comp.variables}
+        extents = {d.var: estimate(d.stop) for d in comp.variables}
         size = lambda group: math.prod(extents[v] for v in group)  # noqa: E731
         m, n, k = size(self.m), size(self.n), size(self.k)
         macs = m * n * k * size(self.outer) * (extents[self.batch] if self.k_batch else 1)
@@ -468,12 +479,6 @@ def _size(group, extents) -> sympy.Expr:
 
 def _number(e) -> int | None:
     return int(e) if sympy.sympify(e).is_number else None
-
-
-def _estimate(e) -> float:
-    """A size for the cost model: the batch taken as 64, another variable size (``x_H``)
-    as `ASSUMED_SIZE` (`convc.ops.estimate`)."""
-    return estimate(e)
 
 
 def _magnitude(e) -> float:

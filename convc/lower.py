@@ -22,7 +22,7 @@ from .errors import DerivationError
 from .ir.affine import affine_terms, index_range, is_proven, solve_inside, strides
 from .ir.comprehension import ACC, ARG, Comprehension, Dim, Reduction, row_major
 from .loops import ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Stmt, Store, Update
-from .ops import ASSUMED_SIZE, BATCH
+from .ops import ASSUMED_SIZE, BATCH, estimate
 from .spectral import Transform
 
 
@@ -51,12 +51,26 @@ SHORT_REDUCTION = 64
 """The most points a reduction may have to be moved outside the innermost free loop."""
 
 
+def row_length(comp: Comprehension, shapes) -> float:
+    """The row a short window adds per window point (see below), or 0 when it does not run
+    that way."""
+    if _reduction_outside(comp, shapes) is None:
+        return 0.0
+    return estimate(comp.free[-1].stop)
+
+
 def _reduction_outside(comp: Comprehension, shapes) -> list[Comprehension] | None:
     """A short sum or max over a window (pooling, a depthwise kernel) as passes whose
     innermost loop is the output's contiguous axis, which vectorises: the output starts at
     the initial value, each window point adds (or maxes) a whole row into it, then ``final``
-    (an average's division) applies. None when the comprehension is not of that shape."""
-    if comp.reduction not in (Reduction.SUM, Reduction.MAX) or comp.where or not comp.free:
+    (an average's division) applies. Constraints may tie the window to the outer free
+    variables (a gathered input gradient's ``0 <= j - m < J``), not to the row's. None
+    when the comprehension is not of that shape."""
+    if comp.reduction not in (Reduction.SUM, Reduction.MAX) or not comp.free:
+        return None
+    if comp.reduction is Reduction.SUM:
+        comp = _bounds_as_fill(comp, shapes)
+    if any(comp.free[-1].var in e.free_symbols for e, _, _ in comp.where):
         return None
     if not all(d.start == 0 and sympy.sympify(d.stop).is_number for d in comp.reduced):
         return None
@@ -77,15 +91,34 @@ def _reduction_outside(comp: Comprehension, shapes) -> list[Comprehension] | Non
     start = comp.reduction.identity if comp.init is None else comp.init
     combined = comp.reduction.combine(out, comp.body)
     passes = [replace(comp, reduced=(), reduction=Reduction.NONE, body=start, init=None,
-                      final=None),
+                      final=None, where=()),
               replace(comp, free=(*comp.free[:-1], *comp.reduced, inner), reduced=(),
                       reduction=Reduction.NONE, body=combined, init=None, final=None,
                       inside=comp.inside | {out})]
     if comp.final is not None:
         passes.append(replace(comp, reduced=(), reduction=Reduction.NONE,
                               body=comp.final.xreplace({ACC: out}), init=None, final=None,
-                              inside=comp.inside | {out}))
+                              inside=comp.inside | {out}, where=()))
     return passes
+
+
+def _bounds_as_fill(comp: Comprehension, shapes) -> Comprehension:
+    """A sum's constraints that only keep an access inside its tensor, as a fill of 0 for
+    that tensor: what the constraint skips then adds nothing, and the row loop's bounds
+    are clipped where the access leaves the tensor."""
+    kept, fills = [], dict(comp.fill)
+    for e, lo, hi in comp.where:
+        inside = [a for a in comp.body.atoms(sympy.Indexed)
+                  if any(sympy.expand(i - e) == 0 and lo == 0 and sympy.expand(hi - n) == 0
+                         for i, n in zip(a.indices, shapes[str(a.base.label)]))]
+        if not inside or fills.get(str(inside[0].base.label), 0) != 0:
+            kept.append((e, lo, hi))
+            continue
+        fills[str(inside[0].base.label)] = sympy.Integer(0)
+    if len(kept) == len(comp.where):
+        return comp
+    return replace(comp, where=tuple(kept), fill=tuple(fills.items()),
+                   inside=frozenset(a for a in comp.inside if str(a.base.label) not in fills))
 
 
 def _work(comp: Comprehension) -> float:

@@ -29,6 +29,7 @@ import sympy
 from .contract import View, collapses
 from .ir.affine import affine_terms, index_range, is_proven, strides
 from .ir.comprehension import Comprehension, Dim, Reduction
+from .ops import estimate
 
 RADICES = (2, 3, 5)
 
@@ -156,13 +157,10 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], packed: dict) -> tuple |
     transformed in place, the transforms, the spectral product, the inverse transform (into
     the output itself when it has no initial value and its layout allows) and the crop; or
     None when ``comp`` is not a correlation or convolution of unit stride and dilation."""
-    found = _matched(comp, shapes)
-    if found is None:
+    matched = _matched(comp, shapes)
+    if matched is None:
         return None
-    comp, found = found
-    extents = {d.var: d.stop for d in comp.variables}
-    spans = [(int(extents[u]), int(extents[v])) for _, _, _, u, v, _ in found.axes]
-    dims = tuple(fft_size(u + v - 1) for u, v in spans)
+    comp, found, spans, dims = matched
     convolution = found.sign < 0
     parts: list = []
     spectra = []
@@ -189,7 +187,8 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], packed: dict) -> tuple |
 
 
 def _matched(comp: Comprehension, shapes):
-    """``comp`` counted from 0 and how it is a correlation or convolution, if it is one
+    """``comp`` counted from 0, how it is a correlation or convolution, the outputs and taps
+    ``(U, V)`` per spatial axis and the transform sizes ``F >= U + V - 1``; if it is one
     with constant extents and no constraint beyond reading inside its tensors."""
     from .contract import from_zero, operands, same_constraint
 
@@ -207,7 +206,8 @@ def _matched(comp: Comprehension, shapes):
               for i, size in zip(access.indices, shapes[str(access.base.label)])]
     if not all(any(same_constraint(w, b) for b in bounds) for w in comp.where):
         return None
-    return comp, found
+    spans = [(int(extents[u]), int(extents[v])) for _, _, _, u, v, _ in found.axes]
+    return comp, found, spans, tuple(fft_size(u + v - 1) for u, v in spans)
 
 
 def _fresh(name: str, shapes) -> str:
@@ -305,8 +305,9 @@ def _product_tensor(comp, found: Match, dims, shapes) -> str:
 def _spectra(comp, found: Match, spectra, target, dims, convolution, shapes):
     """The spectral product as the runtime's batched complex products, when the channel
     variables sort into rows (the signal's and the output's), columns (the kernel's and
-    the output's), depth (summed: the signal's and the kernel's) and a batch (all three's),
-    each group one stride in every tensor; else None."""
+    the output's), depth (summed: the signal's and the kernel's) and a batch (all three's,
+    or else the outer of two row or column variables that do not walk one stride), each
+    group one stride in every tensor; else None."""
     spatial = {x for axis in found.axes for x in axis[3:5]}
     rank = len(dims)
     accesses = [sympy.IndexedBase(label)[(*_channels(access, found, role), *[0] * (rank + 1))]
@@ -321,19 +322,32 @@ def _spectra(comp, found: Match, spectra, target, dims, convolution, shapes):
         if key not in roles:
             return None
         groups[roles[key]].append(v)
+    views = _spectra_views(accesses, groups, variables, comp, shapes)
+    for group in ("m", "n"):
+        if views is None and not groups["batch"] and len(groups[group]) > 1:
+            groups["batch"], groups[group] = groups[group][:1], groups[group][1:]
+            views = _spectra_views(accesses, groups, variables, comp, shapes)
+    if views is None:
+        return None
+    extents = {d.var: d.stop for d in comp.variables}
+    size = {g: sympy.Mul(*(extents[v] for v in vs)) for g, vs in groups.items()}
+    return Spectra(not convolution, size["batch"], size["m"], size["n"], size["k"],
+                   math.prod(half(dims)), *views)
+
+
+def _spectra_views(accesses, groups, variables, comp, shapes):
+    """Each spectrum as a view (batch, row and column strides), or None if a group of
+    variables does not walk one stride in it."""
     extents = {d.var: d.stop for d in comp.variables}
     views = []
     for access, rows, cols in zip(accesses, ("m", "k", "m"), ("k", "n", "n")):
         coeffs, const = strides(access, shapes[str(access.base.label)], variables)
         if not all(collapses(groups[g], coeffs, extents) for g in ("batch", rows, cols)
-                   if groups[g]):
+                   if groups[g] and any(coeffs.get(v, 0) for v in groups[g])):
             return None
-
         step = {g: coeffs.get(groups[g][-1], 0) if groups[g] else 0 for g in groups}
         views.append(View(str(access.base.label), const, step["batch"], step[rows], step[cols]))
-    size = {g: sympy.Mul(*(extents[v] for v in vs)) for g, vs in groups.items()}
-    return Spectra(not convolution, size["batch"], size["m"], size["n"], size["k"],
-                   math.prod(half(dims)), *views)
+    return views
 
 
 def _product(comp, found: Match, spectra, target, dims, convolution: bool):
@@ -376,23 +390,25 @@ def pays(comp: Comprehension, shapes: dict[str, tuple]) -> bool:
     """Whether spectra beat the best products or loops, in the units of `contract.cost`
     (a multiply-add in a full GEMM tile): a copied or transformed element costs what a
     packed one does (32), a transform's butterflies about 6·P·log2(P) per array of P
-    points, and a complex multiply-add of the spectral product about 40."""
-    from .contract import _estimate, cost
+    points, and a complex multiply-add of the spectral product about 40. Only where the
+    transformed axes are the last of every tensor, in order (else the copies transpose)."""
+    from .contract import cost
 
-    found = _matched(comp, shapes)
-    if found is None:
+    matched = _matched(comp, shapes)
+    if matched is None:
         return False
-    comp, found = found
-    extents = {d.var: d.stop for d in comp.variables}
-    spans = [(int(extents[u]), int(extents[v])) for _, _, _, u, v, _ in found.axes]
-    dims = tuple(fft_size(u + v - 1) for u, v in spans)
+    comp, found, _, dims = matched
+    for access, role in ((found.s, 0), (found.k, 1), (comp.output, 2)):
+        spatial = _positions(found, role)
+        if spatial != list(range(len(access.indices) - len(spatial), len(access.indices))):
+            return False  # the copies would transpose: rows of a column each, slowly
     points, spectrum = math.prod(dims), math.prod(half(dims))
     spatial = {x for axis in found.axes for x in axis[3:5]}
     arrays = 0.0
     for access, role in ((found.s, 0), (found.k, 1), (comp.output, 2)):
         channel = [n for p, n in enumerate(shapes[str(access.base.label)])
                    if p not in _positions(found, role)]
-        arrays += math.prod(_estimate(n) for n in channel)
-    channels = math.prod(_estimate(d.stop) for d in comp.variables if d.var not in spatial)
+        arrays += math.prod(estimate(n) for n in channel)
+    channels = math.prod(estimate(d.stop) for d in comp.variables if d.var not in spatial)
     fft = arrays * (32 * (points + 2 * spectrum) + 6 * points * math.log2(max(points, 2)))
     return fft + 40 * channels * spectrum < cost(comp, shapes)

@@ -10,15 +10,12 @@ pad to. Threads (sharing arrays or the passes of one array) must give the same b
 
 from __future__ import annotations
 
-import os
 import platform
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from asan_child import run_clean
 
 from convc.build import build_library
 
@@ -337,20 +334,4 @@ print("ok")
 def test_runs_clean_under_asan_and_ubsan():
     """Overruns of the input, output or scratch (whose size convc_rfft_scratch_* gives) stop
     the child process with a report."""
-    cc = shlex.split(os.environ.get("CC", "").strip() or "cc")[0]
-    found = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True, text=True)
-    libasan = found.stdout.strip()
-    if not os.path.isabs(libasan) or not os.path.isfile(libasan):
-        pytest.fail(f"the C compiler {cc!r} has no AddressSanitizer runtime (libasan)")
-    env = {**os.environ, "LD_PRELOAD": libasan,
-           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0:halt_on_error=1",
-           "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           }
-    code = CHILD.format(tests=str(Path(__file__).resolve().parent))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                          text=True, errors="replace", timeout=600)
-    report = f"exit status {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    assert "ERROR: AddressSanitizer" not in proc.stderr, report
-    assert "runtime error:" not in proc.stderr, report
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", report
+    run_clean(CHILD.format(tests=str(Path(__file__).resolve().parent)))

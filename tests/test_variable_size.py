@@ -276,3 +276,27 @@ def test_the_example_runs_every_size_with_one_library(tmp_path):
     assert "one library served every size: True" in proc.stdout
     found = re.search(r"own \(True\), largest difference (\S+)$", proc.stdout, re.MULTILINE)
     assert found and float(found.group(1)) < 1e-4, proc.stdout
+
+
+def test_adjoint_identity_of_a_strided_convolution_at_every_size():
+    """<c(K, V), G> = <V, h(K, G)> = <K, g(G, V)> for one module at several sizes, with c
+    computed in numpy: the derived g and h are the adjoints whatever the size."""
+    g = convc.Graph("varadjoint")
+    x = g.input("x", (None, 2, None, None))
+    g.output(g.conv(x, channels=3, kernel=(3, 2), stride=(2, 1), padding=((1, 0), (1, 1)),
+                    bias=False))
+    net = convc.compile(g, "float64", grad=["x", "conv0.weight"])
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((3, 2, 3, 2))
+    pads = [(1, 0), (1, 1)]
+    for size in SIZES:
+        v = rng.standard_normal((2, 2, *size))
+        c = ref.conv(v, w, None, stride=(2, 1), padding=pads)
+        G = rng.standard_normal(c.shape)
+        out, grads = net(x=v, **{"conv0.weight": w, "grad:conv0": G})
+        np.testing.assert_allclose(out, c, rtol=1e-12, atol=1e-12)
+        lhs = np.vdot(c, G)
+        scale = np.linalg.norm(c) * np.linalg.norm(G)
+        assert abs(lhs - np.vdot(v, grads["x"])) <= 1e-10 * scale
+        assert abs(lhs - np.vdot(w, grads["conv0.weight"])) <= 1e-10 * scale
+        assert abs(lhs) > 1e-6 * scale
