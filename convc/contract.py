@@ -29,6 +29,7 @@ contraction, or a rough cost model says direct loops are cheaper.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 
 import sympy
@@ -37,9 +38,10 @@ from .ir.affine import affine_terms, index_range, is_proven, strides
 from .ir.comprehension import Comprehension, Dim, Reduction
 from .ops import estimate
 
-ALGORITHMS = ("auto", "gemm", "direct", "fft")
-"""How contractions run: chosen by cost, always as products where possible, never, or
-through spectra where they are correlations or convolutions of unit stride (`spectral`)."""
+ALGORITHMS = ("auto", "gemm", "direct", "fft", "winograd")
+"""How contractions run: chosen by cost, always as products where possible, never,
+through spectra where they are correlations or convolutions of unit stride (`spectral`),
+or by Winograd's F(2, 3) where those have 3 taps per axis (`winograd`; else as auto)."""
 
 MIN_EXTENT = {"m": 1, "n": 8, "k": 8}
 """The least rows, columns and depth per product for which packing pays over direct loops."""
@@ -78,7 +80,7 @@ class Gemm:
     def describe(self) -> str:
         batch = f" x {self.batch.extent} (batch {self.batch.var})" if self.batch else ""
         loops = "".join(f" for {d}" for d in self.outer)
-        packed = [v.tensor for v in (self.a, self.b) if "~" in v.tensor]
+        packed = [v.tensor for v in (self.a, self.b) if re.search(r"~[ab]\d*$", v.tensor)]
         how = f"; packed {', '.join(packed)}" if packed else ""
         return f"gemm {self.m}x{self.n}x{self.k}{batch}{loops}{how}"
 

@@ -10,6 +10,7 @@ function and its lines in the source).
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import sympy
@@ -203,10 +204,15 @@ def _time(lowered: Lowered, step: Step) -> str:
 
 
 def _algorithm(parts) -> str:
-    """``direct`` loops, or the matrix products or FFTs the contractions became."""
+    """``direct`` loops, or the matrix products or FFTs the contractions became (products
+    that differ only in the tensors they read, as Winograd's, counted once)."""
     products = [p.describe() for p in parts if isinstance(p, Gemm | Transform | Spectra)]
     if any(isinstance(p, Transform) for p in parts):
         products.insert(0, "fft")
+    if any(isinstance(p, Comprehension) and "~wino_" in p.tensor for p in parts):
+        products = [f"{count} x {text}" if count > 1 else text
+                    for text, count in Counter(products).items()]
+        products.insert(0, "winograd F(2, 3)")
     return "; ".join(products) if products else "direct loops"
 
 

@@ -27,7 +27,7 @@ from .loops import Kernel
 from .autodiff import Names, derive
 from .contract import ALGORITHMS, Part, plan
 from .lower import lower_node
-from . import spectral
+from . import spectral, winograd
 from .ops import fmt
 from .ops.source import Constant, Input, Param
 from .sizes import specialise
@@ -336,7 +336,10 @@ def _schedule(step: Step, shapes: dict[str, tuple], algorithm: str, packed: dict
     parts: list[Part] = []
     for comp in step.comps:
         product = None
-        if algorithm == "fft" or (algorithm == "auto" and spectral.pays(comp, shapes)):
+        if algorithm == "winograd" or (algorithm == "auto" and winograd.pays(comp, shapes)):
+            product = winograd.plan(comp, shapes, packed)
+        if product is None and (algorithm == "fft" or algorithm == "auto"
+                                and spectral.pays(comp, shapes)):
             product = spectral.plan(comp, shapes, packed)
         if product is None and algorithm != "direct":
             product = plan(comp, shapes, algorithm == "gemm", packed)

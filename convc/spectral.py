@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from .contract import View, collapses
+from .contract import View, collapses, cost, from_zero, operands, pack, same_constraint
 from .ir.affine import affine_terms, index_range, is_proven, strides
 from .ir.comprehension import Comprehension, Dim, Reduction
 from .ops import estimate
@@ -157,7 +157,7 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], packed: dict) -> tuple |
     transformed in place, the transforms, the spectral product, the inverse transform (into
     the output itself when it has no initial value and its layout allows) and the crop; or
     None when ``comp`` is not a correlation or convolution of unit stride and dilation."""
-    matched = _matched(comp, shapes)
+    matched = correlation(comp, shapes)
     if matched is None:
         return None
     comp, found, spans, dims = matched
@@ -179,19 +179,17 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], packed: dict) -> tuple |
     if comp.init is None and _trailing(comp.output, _positions(found, 2), shapes, outputs):
         parts.append(Transform(True, dims, count, spectrum, comp.tensor, outputs, shift))
         return tuple(parts)
-    back = _fresh(f"{comp.tensor}~fft_out", shapes)
+    back = fresh_name(f"{comp.tensor}~fft_out", shapes)
     shapes[back] = (*shapes[spectrum][:-len(dims) - 1], *outputs)
     parts.append(Transform(True, dims, count, spectrum, back, outputs, shift))
     parts.append(_crop(comp, found, back))
     return tuple(parts)
 
 
-def _matched(comp: Comprehension, shapes):
+def correlation(comp: Comprehension, shapes):
     """``comp`` counted from 0, how it is a correlation or convolution, the outputs and taps
     ``(U, V)`` per spatial axis and the transform sizes ``F >= U + V - 1``; if it is one
     with constant extents and no constraint beyond reading inside its tensors."""
-    from .contract import from_zero, operands, same_constraint
-
     comp = from_zero(comp)
     pair = operands(comp)
     if pair is None:
@@ -210,7 +208,7 @@ def _matched(comp: Comprehension, shapes):
     return comp, found, spans, tuple(fft_size(u + v - 1) for u, v in spans)
 
 
-def _fresh(name: str, shapes) -> str:
+def fresh_name(name: str, shapes) -> str:
     """``name``, or ``name2``, ``name3``… if a tensor has it already."""
     label, i = name, 1
     while label in shapes:
@@ -240,8 +238,6 @@ def _trailing(access, spatial: list[int], shapes, extents) -> bool:
 def _source(comp, found: Match, access, role: int, dims, spans, shapes, packed):
     """What the forward transform of an operand reads: its tensor, when it needs no shift
     and no cut (a kernel, or a signal read from index 0), else a zero-padded copy."""
-    from .contract import pack
-
     tensor = str(access.base.label)
     spatial = _positions(found, role)
     taps = [v for _, v in spans]
@@ -279,7 +275,7 @@ def _forward(source, dims, shapes, packed):
     key = ("rfft", label, dims)
     if key in packed:
         return packed[key], []
-    target = _fresh(f"{label}~spectrum", shapes)  # another size may have taken the name
+    target = fresh_name(f"{label}~spectrum", shapes)  # another size may have taken the name
     channel = shapes[label][:-len(dims)]
     shapes[target] = (*channel, *half(dims), 2)
     packed[key] = target
@@ -287,7 +283,7 @@ def _forward(source, dims, shapes, packed):
     return target, [Transform(False, dims, sympy.Mul(*channel), label, target, shape, zeros)]
 
 
-def _channels(access, found: Match, role: int) -> list:
+def channel_indices(access, found: Match, role: int) -> list:
     """The indices of ``access`` on its channel (non-spatial) axes."""
     spatial = _positions(found, role)
     return [i for p, i in enumerate(access.indices) if p not in spatial]
@@ -295,7 +291,7 @@ def _channels(access, found: Match, role: int) -> list:
 
 def _product_tensor(comp, found: Match, dims, shapes) -> str:
     """The output's spectra: its channel axes, then the half spectrum, then (re, im)."""
-    target = _fresh(f"{comp.tensor}~fft_product", shapes)
+    target = fresh_name(f"{comp.tensor}~fft_product", shapes)
     out_spatial = _positions(found, 2)
     channel_shape = [n for p, n in enumerate(shapes[comp.tensor]) if p not in out_spatial]
     shapes[target] = (*channel_shape, *half(dims), 2)
@@ -310,7 +306,7 @@ def _spectra(comp, found: Match, spectra, target, dims, convolution, shapes):
     group one stride in every tensor; else None."""
     spatial = {x for axis in found.axes for x in axis[3:5]}
     rank = len(dims)
-    accesses = [sympy.IndexedBase(label)[(*_channels(access, found, role), *[0] * (rank + 1))]
+    accesses = [sympy.IndexedBase(label)[(*channel_indices(access, found, role), *[0] * (rank + 1))]
                 for label, access, role in ((spectra[0], found.s, 0), (spectra[1], found.k, 1),
                                             (target, comp.output, 2))]
     groups = {"batch": [], "m": [], "n": [], "k": []}
@@ -358,7 +354,7 @@ def _product(comp, found: Match, spectra, target, dims, convolution: bool):
     r = sympy.Symbol("r", integer=True, nonnegative=True)
 
     def at(access, role, spectrum, part):
-        return sympy.IndexedBase(spectrum)[(*_channels(access, found, role), *fs, part)]
+        return sympy.IndexedBase(spectrum)[(*channel_indices(access, found, role), *fs, part)]
 
     s0, s1 = at(found.s, 0, spectra[0], 0), at(found.s, 0, spectra[0], 1)
     kr, ki = at(found.k, 1, spectra[1], r), at(found.k, 1, spectra[1], 1 - r)
@@ -370,7 +366,7 @@ def _product(comp, found: Match, spectra, target, dims, convolution: bool):
     # the real or imaginary part outside: the innermost loop walks the frequencies
     free += [Dim(r, 0, 2)] + [Dim(f, 0, n) for f, n in zip(fs, half(dims))]
     reduced = tuple(d for d in comp.reduced if d.var not in spatial_vars)
-    output = sympy.IndexedBase(target)[(*_channels(comp.output, found, 2), *fs, r)]
+    output = sympy.IndexedBase(target)[(*channel_indices(comp.output, found, 2), *fs, r)]
     return Comprehension(output=output, free=tuple(free), reduced=reduced,
                          reduction=Reduction.SUM if reduced else Reduction.NONE, body=body,
                          equation=f"the spectral product of {comp.tensor}")
@@ -392,9 +388,7 @@ def pays(comp: Comprehension, shapes: dict[str, tuple]) -> bool:
     packed one does (32), a transform's butterflies about 6·P·log2(P) per array of P
     points, and a complex multiply-add of the spectral product about 40. Only where the
     transformed axes are the last of every tensor, in order (else the copies transpose)."""
-    from .contract import cost
-
-    matched = _matched(comp, shapes)
+    matched = correlation(comp, shapes)
     if matched is None:
         return False
     comp, found, _, dims = matched

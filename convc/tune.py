@@ -1,12 +1,13 @@
 """Tuning: confirm the cost model's choice of algorithm by timing every step on this machine.
 
 `tune` compiles the graph once per candidate algorithm (every contraction packed into
-matrix products, every one as direct loops, and every correlation through spectra), with
-step timers (`Module.profile`), runs each on random arrays at one batch size, and keeps for
-every step ``(node, role)`` the fastest (steps that can never be products have no choice
-to make). What it measured is cached in ``<cache>/tune-<machine>.json``, keyed by the
-step's signature: its node's op and attributes, its input shapes, its role, the dtype, the
-threads and the batch. A graph whose steps are all known there is not timed again.
+matrix products, every one as direct loops, every correlation through spectra, every 3-tap
+one by Winograd), with step timers (`Module.profile`), runs each on random arrays at one
+batch size, and keeps for every step ``(node, role)`` the fastest (steps that can never
+be products have no choice to make). What it measured is cached in
+``<cache>/tune-<machine>.json``, keyed by the step's signature: its node's op and
+attributes, its input shapes, its role, the dtype, the threads and the batch. A graph whose
+steps are all known there is not timed again.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from .build import cache_dir, machine_signature
 from .contract import Gemm
 
-CANDIDATES = ("gemm", "direct", "fft")
+CANDIDATES = ("gemm", "direct", "fft", "winograd")
 DEFAULT_BATCH = 32
 
 

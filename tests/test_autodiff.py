@@ -203,7 +203,7 @@ def conv_cases(draw, bias=False, max_rank=3):
     return dict(sizes=sizes, cin=cin, channels=channels, kernel=tuple(kernel), stride=stride,
                 dilation=dilation, padding=padding, groups=groups, bias=bias,
                 batch=draw(st.integers(1, 2)), seed=draw(st.integers(0, 2**16)),
-                algorithm=draw(st.sampled_from(["direct", "gemm", "fft"])))
+                algorithm=draw(st.sampled_from(["direct", "gemm", "fft", "winograd"])))
 
 
 def case_args(case):

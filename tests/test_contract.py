@@ -29,7 +29,7 @@ def gemms(lowered, role="fwd"):
 
 
 def test_convolution_is_the_kernel_times_im2col_per_image():
-    (gemm,) = gemms(convc.lower(conv_graph()))
+    (gemm,) = gemms(convc.lower(conv_graph(), algorithm="gemm"))
     assert (gemm.m, gemm.n, gemm.k) == (32, 64, 144)  # K x (i0, i1) x (c, m0, m1)
     assert str(gemm.batch.var) == "n" and not gemm.outer
     assert gemm.a.tensor == "conv0.weight" and gemm.a.batch == 0  # in place, shared
@@ -39,7 +39,7 @@ def test_convolution_is_the_kernel_times_im2col_per_image():
 
 
 def test_kernel_and_input_gradients_are_products_too():
-    lowered = convc.lower(conv_graph(), grad=["x", "conv0.weight"])
+    lowered = convc.lower(conv_graph(), grad=["x", "conv0.weight"], algorithm="gemm")
     (g,) = gemms(lowered, "dweight")
     # 9.11 per image, the images summed into one C: the output gradient read in place,
     # the input's im2col the forward pass made read again (transposed), nothing packed
@@ -61,7 +61,7 @@ def test_dense_layer_needs_no_packing():
 
 
 def test_groups_loop_around_the_product():
-    (gemm,) = gemms(convc.lower(conv_graph(cin=16, channels=32, groups=2)))
+    (gemm,) = gemms(convc.lower(conv_graph(cin=16, channels=32, groups=2), algorithm="gemm"))
     assert [str(d.var) for d in gemm.outer] == ["g"] and gemm.k == 72
 
 
@@ -116,7 +116,7 @@ def function(source, name):
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_packing_splits_borders_instead_of_testing_each_element(stride):
-    lowered = convc.lower(conv_graph(stride=stride), grad=["x", "conv0.weight"])
+    lowered = convc.lower(conv_graph(stride=stride), grad=["x", "conv0.weight"], algorithm="gemm")
     for role in ("fwd", "dweight", "dinput"):
         step = next(s for s in lowered.steps if s.node == "conv0" and s.role == role)
         body = function(lowered.source, lowered.functions[step])
@@ -131,7 +131,7 @@ def test_elementwise_ops_run_as_one_loop():
 
 
 def test_explain_names_the_algorithm():
-    text = convc.compile(conv_graph(), grad=True).explain()
+    text = convc.compile(conv_graph(), grad=True, algorithm="gemm").explain()
     assert "ALGORITHM fwd: gemm 32x64x144 x N (batch n); packed conv0~b" in text
     assert "ALGORITHM dbias: direct loops" in text
 
@@ -144,7 +144,7 @@ def test_unknown_algorithm_is_refused():
 def test_workspace_is_reused_and_threads_get_their_own():
     """Two calls on one thread share a workspace; results do not depend on what the last
     call left there."""
-    net = convc.compile(conv_graph(), grad=True)
+    net = convc.compile(conv_graph(), grad=True, algorithm="gemm")
     params = net.init_params(seed=1)
     rng = np.random.default_rng(0)
     x1, x2 = rng.standard_normal((2, 3, 16, 8, 8)).astype(np.float32)
@@ -157,7 +157,7 @@ def test_workspace_is_reused_and_threads_get_their_own():
 
 
 def test_a_padded_input_is_copied_once_then_packed_without_bounds():
-    lowered = convc.lower(conv_graph(), grad=["x", "conv0.weight"])
+    lowered = convc.lower(conv_graph(), grad=["x", "conv0.weight"], algorithm="gemm")
     comps = {c.tensor: c for parts in lowered.parts.values() for c in parts
              if not isinstance(c, Gemm)}
     assert lowered.buffers["conv0~pad"].shape[1:] == (16, 10, 10)  # one cell of zeros around

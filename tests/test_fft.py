@@ -109,7 +109,8 @@ def axes(dims):
 def spectrum(rng, dims, count, dtype):
     """Random half spectra, not Hermitian-consistent: the inverse must read them as numpy does."""
     shape = (count, *dims[:-1], dims[-1] // 2 + 1)
-    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(COMPLEX[np.dtype(dtype)])
+    values = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+    return values.astype(COMPLEX[np.dtype(dtype)])
 
 
 # --- sizes -----------------------------------------------------------------------------------

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import convc
-import convc.spectral as spectral
-from convc.spectral import Spectra, Transform
-
 from reference import conv, padding_pairs
 from test_autodiff import conv_grads_scatter
+
+import convc
+from convc import spectral
+from convc.spectral import Spectra, Transform
 
 WRT = ["x", "conv0.weight", "conv0.bias"]
 

@@ -168,5 +168,7 @@ def elementwise_indices(rank: int) -> tuple[sympy.Symbol, ...]:
     return tuple(index(f"d{i}") for i in range(rank))
 
 
-__all__ = ["ASSUMED_SIZE", "BATCH", "Op", "OpContext", "ParamSpec", "index", "per_axis", "spatial_rank", "fmt", "estimate",
-           "is_size", "proven", "size_symbol"]
+__all__ = [
+    "ASSUMED_SIZE", "BATCH", "Op", "OpContext", "ParamSpec", "index", "per_axis",
+    "spatial_rank", "fmt", "estimate", "is_size", "proven", "size_symbol"
+]

@@ -1,0 +1,97 @@
+"""Winograd's F(2, 3) (`convc.winograd`, section 9.8): which contractions it takes, that they
+compute the same function, and how far float32 results move from the exact sums.
+It takes 3-tap correlations and convolutions of unit stride on one or two axes.
+
+The hypothesis suites of test_ops_conv and test_autodiff draw ``algorithm="winograd"`` with
+the rest (cases without 3 taps at unit stride fall back); here: forward, g and h of 3-tap
+convolutions in 1 and 2 dimensions against numpy, the measured float32 error, the
+products per transformed point, and the cost model's choice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from reference import conv, padding_pairs
+from test_autodiff import conv_grads_scatter
+
+import convc
+from convc.contract import Gemm
+
+WRT = ["x", "conv0.weight", "conv0.bias"]
+
+
+def conv_graph(cin, size, channels, padding=1, groups=1, kernel=3, stride=1):
+    g = convc.Graph("wino")
+    x = g.input("x", (None, cin, *size))
+    g.output(g.conv(x, channels=channels, kernel=kernel, padding=padding, groups=groups,
+                    stride=stride))
+    return g
+
+
+CASES = {
+    "1d": dict(cin=3, size=(11,), channels=4, padding=1),
+    "2d_groups": dict(cin=4, size=(9, 8), channels=6, padding=((1, 0), (2, 1)), groups=2),
+    "2d_valid_odd": dict(cin=2, size=(7, 6), channels=3, padding=0),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_values_and_gradients_match_the_references(case):
+    c = CASES[case]
+    net = convc.compile(conv_graph(**c), "float64", grad=WRT, algorithm="winograd")
+    rank = len(c["size"])
+    assert "winograd F(2, 3)" in net.explain()
+    rng = np.random.default_rng(len(case))
+    groups = c.get("groups", 1)
+    x = rng.standard_normal((2, c["cin"], *c["size"]))
+    w = rng.standard_normal((c["channels"], c["cin"] // groups, *(3,) * rank))
+    b = rng.standard_normal(c["channels"])
+    pads = padding_pairs(c["padding"], c["size"], (3,) * rank, (1,) * rank, (1,) * rank)
+    out, _ = net(x=x, **{"conv0.weight": w, "conv0.bias": b})
+    np.testing.assert_allclose(out, conv(x, w, b, 1, pads, 1, groups), rtol=1e-10,
+                               atol=1e-10)
+    G = rng.standard_normal(out.shape)
+    _, grads = net(x=x, **{"conv0.weight": w, "conv0.bias": b, "grad:conv0": G})
+    dx, dw, db = conv_grads_scatter(x, w, G, (1,) * rank, (1,) * rank, pads, groups)
+    np.testing.assert_allclose(grads["x"], dx, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(grads["conv0.weight"], dw, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(grads["conv0.bias"], db, rtol=1e-10, atol=1e-10)
+
+
+def test_float32_error_is_within_the_documented_bound():
+    """|winograd - exact| <= 1e-6 · max(|x| * |w|) in float32 (the README's tolerance; about
+    7e-8 measured, the packed product 1e-7): the transforms add and subtract up to 9 terms."""
+    c = dict(cin=32, size=(20, 18), channels=16)
+    net = convc.compile(conv_graph(**c), algorithm="winograd")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 32, 20, 18)).astype(np.float32)
+    w = rng.standard_normal((16, 32, 3, 3)).astype(np.float32)
+    b = np.zeros(16, np.float32)
+    out = net(x=x, **{"conv0.weight": w, "conv0.bias": b})
+    pads = [(1, 1), (1, 1)]
+    exact = conv(x, w, None, 1, pads)
+    bound = conv(np.abs(x), np.abs(w), None, 1, pads)
+    error = np.abs(out - exact).max() / bound.max()
+    assert 0 < error <= 1e-6, error
+
+
+@pytest.mark.parametrize("size,products", [((11,), 4), ((6, 7), 16), ((4, 5, 4), 0)])
+def test_one_product_per_point_of_the_transformed_tile(size, products):
+    """4 per axis; three axes (64 small products) run as the module's other choice."""
+    lowered = convc.lower(conv_graph(8, size, 8), algorithm="winograd")
+    step = next(s for s in lowered.steps if s.role == "fwd")
+    winograd = [p for p in lowered.parts[step] if isinstance(p, Gemm) and "~wino_m" in p.c.tensor]
+    assert len(winograd) == products
+
+
+def test_the_cost_model_takes_it_for_wide_3x3_layers_only():
+    def winograd(g):
+        lowered = convc.lower(g)
+        step = next(s for s in lowered.steps if s.role == "fwd")
+        return any("~wino_" in getattr(p, "tensor", "") for p in lowered.parts[step])
+
+    assert winograd(conv_graph(64, (28, 28), 64))
+    assert not winograd(conv_graph(3, (28, 28), 8))  # too few channels
+    assert not winograd(conv_graph(64, (28, 28), 64, kernel=5, padding=2))
+    assert not winograd(conv_graph(64, (28, 28), 64, stride=2))
