@@ -250,13 +250,19 @@ def test_conv_adjoint_identity(case):
     c = conv_forward(x, w, case["stride"], case["dilation"], pads, case["groups"])
     out, grads = net(x=x, **{"conv0.weight": w, "grad:conv0": G})
     np.testing.assert_allclose(out, c, rtol=1e-12, atol=1e-12)
-    h, gw = grads["x"], grads["conv0.weight"]
+    lhs, scale = assert_adjoint(c, G, x, grads["x"], w, grads["conv0.weight"])
+    assert abs(lhs) > 1e-6 * scale or np.allclose(c, 0), "a degenerate case proves nothing"
+
+
+def assert_adjoint(c, G, x, h, w, gw):
+    """<c, G> = <x, h> = <w, gw> to 1e-10 of the largest product of norms; the inner product
+    and that scale."""
     lhs, via_input, via_kernel = np.vdot(c, G), np.vdot(x, h), np.vdot(w, gw)
     scale = max(np.linalg.norm(c) * np.linalg.norm(G), np.linalg.norm(x) * np.linalg.norm(h),
                 np.linalg.norm(w) * np.linalg.norm(gw), 1e-300)
     assert abs(lhs - via_input) / scale < 1e-10, (lhs, via_input)
     assert abs(lhs - via_kernel) / scale < 1e-10, (lhs, via_kernel)
-    assert abs(lhs) > 1e-6 * scale or np.allclose(c, 0), "a degenerate case proves nothing"
+    return lhs, scale
 
 
 # -- 2. gradients against explicit scatter loops ---------------------------------------------
