@@ -2,7 +2,8 @@
 
 A convolution of one example is linear in its input, ``conv(x).ravel() == M @ x.ravel()``.
 For a 1-D kernel ``M`` is Toeplitz (each row the kernel shifted by one, or by the stride);
-for 2-D, doubly block Toeplitz (doubly block circulant with circular padding). `conv_matrix`
+for 2-D, doubly block Toeplitz; with ``circular=True`` the input wraps around instead of
+reading zero padding, and the matrices are circulant and doubly block circulant. `conv_matrix`
 builds ``M`` from the convolution's own comprehension: every point of its variables adds
 the weight it reads (the kernel access) at the row of the output access and the column of
 the input access, where that access lands inside the input (padding reads 0 and adds
@@ -20,13 +21,15 @@ from .ops import BATCH
 
 
 def conv_matrix(weight, input_shape, stride=1, padding="valid", dilation=1, groups=1,
-                flip=False) -> np.ndarray:
+                flip=False, circular=False) -> np.ndarray:
     """The dense matrix ``M`` with ``conv(x).ravel() == M @ x.ravel()`` for one example.
 
     ``weight`` is a ``(K, C / groups, *kernel)`` array and ``input_shape`` the example's
     ``(C, *spatial)`` (1-D or 2-D are sizes for which a dense matrix is reasonable; 3-D
     works too); the other arguments are those of `Graph.conv`. ``M`` has
-    ``K·prod(output spatial)`` rows and ``C·prod(spatial)`` columns.
+    ``K·prod(output spatial)`` rows and ``C·prod(spatial)`` columns. ``circular=True``
+    reads the input periodically where the padding would read zeros (``padding="same"``
+    then gives the circulant matrix of section 9.1).
 
     Examples
     --------
@@ -50,12 +53,14 @@ def conv_matrix(weight, input_shape, stride=1, padding="valid", dilation=1, grou
     node = g.node(y.name)
     shapes = tuple(g.node(i).shape for i in node.inputs)
     (comp,) = node.op.comprehensions(node.name, node.inputs, shapes, node.shape)
-    return _matrix(comp, "x", "w", w, (1, *input_shape), node.shape)
+    return _matrix(comp, "x", "w", w, (1, *input_shape), node.shape, circular)
 
 
-def _matrix(comp, x: str, w: str, weight: np.ndarray, x_shape, out_shape) -> np.ndarray:
+def _matrix(comp, x: str, w: str, weight: np.ndarray, x_shape, out_shape,
+            circular: bool = False) -> np.ndarray:
     """Read ``out[o] = Σ x[a]·w[b]`` over every point of ``comp``'s variables: ``M[o, a]``
-    gathers ``w[b]``."""
+    gathers ``w[b]`` (an ``a`` outside the input wraps around when ``circular``, else adds
+    nothing)."""
     accesses = {str(a.base.label): a for a in comp.body.atoms(sympy.Indexed)}
     if set(accesses) != {x, w} or comp.body != accesses[x] * accesses[w]:
         raise GraphError(f"conv_matrix: expected a body x·w, found {comp.body}")
@@ -69,6 +74,8 @@ def _matrix(comp, x: str, w: str, weight: np.ndarray, x_shape, out_shape) -> np.
                 for i in access.indices]
 
     xi, wi, oi = values(accesses[x]), values(accesses[w]), values(comp.output)
+    if circular:
+        xi = xi[:2] + [i % size for i, size in zip(xi[2:], x_shape[2:])]
     inside = np.ones(grids[0].shape, bool)
     for i, size in zip(xi, x_shape):
         inside &= (i >= 0) & (i < size)

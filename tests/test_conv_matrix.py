@@ -99,3 +99,28 @@ def test_bad_arguments_are_refused():
     with pytest.raises(convc.GraphError, match="expected a \\(K, C/groups, \\*kernel\\) "
                                                "weight"):
         convc.conv_matrix(np.ones((1, 1, 3)), (1, 5, 5))
+
+
+def test_circular_padding_gives_the_circulant_matrices():
+    """Section 9.1's doubly block circulant matrix: with the input read periodically, the
+    1-D matrix is scipy's circulant of the (reversed, rolled) kernel, and the 2-D one
+    multiplies as the circular cross-correlation computed here with np.roll."""
+    from scipy.linalg import circulant
+
+    k = np.array([[[1.0, 2.0, -3.0]]])
+    m = convc.conv_matrix(k, (1, 7), padding="same", circular=True)
+    # y[i] = Σ_m k[m] x[(i + m - 1) mod 7]: M[i, j] = k[j - i + 1], a function of i - j
+    first_column = np.zeros(7)
+    first_column[[0, 1, 6]] = [2.0, 1.0, -3.0]
+    np.testing.assert_array_equal(m, circulant(first_column))
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((2, 2, 3, 3))
+    x = rng.standard_normal((2, 5, 6))
+    m2 = convc.conv_matrix(w, (2, 5, 6), padding="same", circular=True)
+    expected = np.zeros((2, 5, 6))
+    for o in range(2):
+        for c in range(2):
+            for a in range(3):
+                for b in range(3):
+                    expected[o] += w[o, c, a, b] * np.roll(x[c], (1 - a, 1 - b), axis=(0, 1))
+    np.testing.assert_allclose(m2 @ x.ravel(), expected.ravel(), rtol=1e-12, atol=1e-12)
