@@ -121,8 +121,10 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
     arguments (``grad:<output>``) and the parameters' gradients results.
 
     ``algorithm`` says how contractions (convolutions, their gradients, dense layers) run:
-    ``"auto"`` packs them into matrix products where that pays and loops directly
-    elsewhere, ``"gemm"`` packs every one it can, ``"direct"`` none; a layer's own
+    ``"auto"`` chooses by cost among matrix products, FFTs, Winograd and direct loops,
+    ``"gemm"`` packs every one it can into products, ``"direct"`` none, ``"fft"`` runs every
+    unit-stride correlation through spectra (`convc.spectral`), ``"winograd"`` every 3-tap
+    one by F(2, 3) (`convc.winograd`), the others as ``"auto"``; a layer's own
     ``algorithm=`` overrides it for that node and its gradients.
 
     ``num_threads`` (default: the cores this process may use) shares the large loops and
@@ -330,9 +332,9 @@ def _shapes(graph: Graph, steps) -> dict[str, tuple]:
 
 def _schedule(step: Step, shapes: dict[str, tuple], algorithm: str, packed: dict
               ) -> tuple[Part, ...]:
-    """How each comprehension of ``step`` runs: as loops, packed into a matrix product, or
-    through spectra (reading the packings and spectra of earlier steps where they are the
-    same)."""
+    """How each comprehension of ``step`` runs: by Winograd's F(2, 3), through spectra,
+    packed into a matrix product, or as loops (reading the packings and spectra of earlier
+    steps where they are the same)."""
     parts: list[Part] = []
     for comp in step.comps:
         product = None
