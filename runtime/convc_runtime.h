@@ -105,8 +105,9 @@ int convc_gemm_f64(int threads, int64_t batch, int64_t M, int64_t N, int64_t K,
  * window [out_lo[a], out_lo[a] + out_dims[a]) of the result on every axis (NULL: from 0; NULL:
  * dims), contiguous, at out + i * prod(out_dims).
  *
- * scratch: at least convc_rfft_scratch_<type>(threads, rank, dims) bytes, any alignment, one
- * size for both directions; nothing is allocated. Calls may run at once on separate
+ * scratch: at least convc_rfft_scratch_<type>(threads, rank, dims) bytes for the same (or a
+ * larger) `threads` and the same rank and dims, any alignment, one size for both directions
+ * and any count; nothing is allocated. Calls may run at once on separate
  * scratch. `threads` (OpenMP) share the `count` arrays, or each array's passes when count <
  * threads. Returns CONVC_OK, or CONVC_ERR_SIZE (nothing written) for a rank outside 1..3, a
  * size of 0 or with a prime factor above 5, in_dims above dims or a window outside dims
