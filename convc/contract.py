@@ -122,7 +122,7 @@ def cost(comp: Comprehension, shapes: dict[str, tuple]) -> float:
     best = direct_rate(comp, shapes) * math.prod(estimate(d.stop) for d in comp.variables)
     for a, b in (pair, pair[::-1]):
         for r in _roles(comp, a, b, shapes, MIN_EXTENT):
-            if r.pays(comp, shapes):
+            if r._figures(comp, shapes)[4] <= MAX_PACKED:
                 best = min(best, r.cost(comp, shapes))
     return best
 
@@ -170,9 +170,9 @@ def _narrowed(comp: Comprehension) -> Comprehension:
     bounds, where = {}, []
     for e, lo, hi in comp.where:
         coeffs, const = affine_terms(e, list(free))
-        (v, a), = coeffs.items() if len(coeffs) == 1 else ((None, 0),)
-        if v is None or abs(a) != 1 or e.free_symbols - {v} or not (lo - const).is_number \
-                or not (hi - const).is_number:
+        v, a = next(iter(coeffs.items())) if len(coeffs) == 1 else (None, 0)
+        alone = v is not None and abs(a) == 1 and e.free_symbols == {v}
+        if not (alone and (lo - const).is_number and (hi - const).is_number):
             where.append((e, lo, hi))
             continue
         low, high = (lo - const, hi - const) if a == 1 else (const - hi + 1, const - lo + 1)

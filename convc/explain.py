@@ -21,7 +21,7 @@ from .ir.comprehension import Comprehension, Reduction
 from .contract import Gemm
 from .spectral import Spectra, Transform
 from .loops import format_nest
-from .ops import ASSUMED_SIZE, BATCH, fmt
+from .ops import BATCH, estimate, fmt
 from .pipeline import Lowered, Step
 
 # The rough rates behind TIME's estimate, per thread, float32 (float64: half the flops):
@@ -138,7 +138,8 @@ def explain(lowered: Lowered) -> str:
             total = sum((flops(c, shapes) for c in step.comps), sympy.Integer(0))
             out.append(f"FLOPS     {step.role}: {total.subs(BATCH, 1)} per example")
         for step in steps:
-            out.append(f"ALGORITHM {step.role}: {_algorithm(lowered.parts[step])}")
+            out.append(f"ALGORITHM {step.role}: "
+                       f"{_algorithm(lowered.parts[step], lowered.algorithms[step])}")
         for step in steps:
             out.append(f"TIME      {step.role}: {_time(lowered, step)}")
         for step in steps:
@@ -180,9 +181,8 @@ def estimated_seconds(lowered: Lowered, step: Step, batch: int = ESTIMATE_BATCH)
 
 
 def _at(expr, batch: int) -> float:
-    """A count at batch size ``batch``, other variable sizes at `ASSUMED_SIZE`."""
-    expr = sympy.sympify(expr).subs(BATCH, batch)
-    return float(expr.subs({s: ASSUMED_SIZE for s in expr.free_symbols}))
+    """A count at batch size ``batch``, other variable sizes at `convc.ops.ASSUMED_SIZE`."""
+    return estimate(sympy.sympify(expr).subs(BATCH, batch))
 
 
 def _time(lowered: Lowered, step: Step) -> str:
@@ -203,16 +203,16 @@ def _time(lowered: Lowered, step: Step) -> str:
     return text
 
 
-def _algorithm(parts) -> str:
-    """``direct`` loops, or the matrix products or FFTs the contractions became (products
-    that differ only in the tensors they read, as Winograd's, counted once)."""
+def _algorithm(parts, used) -> str:
+    """``direct`` loops, or the matrix products or FFTs the contractions became (under
+    Winograd, its products, which differ only in the tensors they read, counted once)."""
     products = [p.describe() for p in parts if isinstance(p, Gemm | Transform | Spectra)]
-    if any(isinstance(p, Transform) for p in parts):
-        products.insert(0, "fft")
-    if any(isinstance(p, Comprehension) and "~wino_" in p.tensor for p in parts):
+    if "winograd" in used:
         products = [f"{count} x {text}" if count > 1 else text
                     for text, count in Counter(products).items()]
         products.insert(0, "winograd F(2, 3)")
+    if "fft" in used:
+        products.insert(0, "fft")
     return "; ".join(products) if products else "direct loops"
 
 

@@ -161,7 +161,8 @@ class Module:
     def profile(self, repeat: int = 5, **arrays) -> dict[tuple[str, str], float]:
         """The median seconds each step ``(node, role)`` takes over ``repeat`` calls on
         ``arrays`` (after one call that warms caches and threads up); for a module compiled
-        with ``profile=True``, whose C times its steps."""
+        with ``profile=True``, whose C times its steps (in counters of the library, so
+        profile from one thread at a time)."""
         if not self.lowered.profile:
             raise ValueError(f"module {self.lowered.graph.name!r} was compiled without step "
                              f"timers: compile it with profile=True to profile it")

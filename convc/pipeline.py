@@ -73,6 +73,7 @@ class Lowered:
     threads: int = 1
     profile: bool = False
     tuned: dict[tuple[str, str], dict] = field(default_factory=dict)
+    algorithms: dict[Step, tuple[str, ...]] = field(default_factory=dict)  # per comprehension
 
     @property
     def sizes(self) -> list:
@@ -179,11 +180,11 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
             seeds = {o: names.seed(o) for o in graph.outputs}
     shapes = _shapes(graph, steps)
     shapes.update({seed: graph.node(out).shape for out, seed in seeds.items()})
-    parts, packed = {}, {}
+    parts, algorithms, packed = {}, {}, {}
     for step in steps:
         with _stage("schedule", timings, step.node):
-            parts[step] = _schedule(step, shapes, _chosen(graph, step, algorithm, tuned),
-                                    packed)
+            parts[step], algorithms[step] = _schedule(
+                step, shapes, _chosen(graph, step, algorithm, tuned), packed)
     with _stage("buffers", timings):
         ordered = [p for ps in parts.values() for p in ps]
         buffers = _buffers(graph, nodes, ordered, grads, seeds, DTYPES[dtype], shapes)
@@ -199,7 +200,7 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
                              profile)
     return Lowered(graph, dtype, tuple(nodes), tuple(wrt), tuple(steps), buffers, parts,
                    kernels, functions, entry, source, cdef, grads, seeds, timings, threads,
-                   profile, dict(tuned or {}))
+                   profile, dict(tuned or {}), algorithms)
 
 
 def _chosen(graph: Graph, step: Step, algorithm: str, tuned) -> str:
@@ -331,22 +332,24 @@ def _shapes(graph: Graph, steps) -> dict[str, tuple]:
 
 
 def _schedule(step: Step, shapes: dict[str, tuple], algorithm: str, packed: dict
-              ) -> tuple[Part, ...]:
+              ) -> tuple[tuple[Part, ...], tuple[str, ...]]:
     """How each comprehension of ``step`` runs: by Winograd's F(2, 3), through spectra,
     packed into a matrix product, or as loops (reading the packings and spectra of earlier
-    steps where they are the same)."""
+    steps where they are the same); and which of these each one took."""
     parts: list[Part] = []
+    used: list[str] = []
     for comp in step.comps:
-        product = None
+        product, name = None, "direct"
         if algorithm == "winograd" or (algorithm == "auto" and winograd.pays(comp, shapes)):
-            product = winograd.plan(comp, shapes, packed)
+            product, name = winograd.plan(comp, shapes, packed), "winograd"
         if product is None and (algorithm == "fft" or algorithm == "auto"
                                 and spectral.pays(comp, shapes)):
-            product = spectral.plan(comp, shapes, packed)
+            product, name = spectral.plan(comp, shapes, packed), "fft"
         if product is None and algorithm != "direct":
-            product = plan(comp, shapes, algorithm == "gemm", packed)
+            product, name = plan(comp, shapes, algorithm == "gemm", packed), "gemm"
         parts += product or [comp]
-    return tuple(parts)
+        used.append(name if product else "direct")
+    return tuple(parts), tuple(used)
 
 
 def _buffers(graph, nodes, parts, grads, seeds, float_type, shapes) -> dict[str, Buffer]:

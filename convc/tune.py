@@ -18,7 +18,6 @@ import os
 from pathlib import Path
 
 from .build import cache_dir, machine_signature
-from .contract import Gemm
 
 CANDIDATES = ("gemm", "direct", "fft", "winograd")
 DEFAULT_BATCH = 32
@@ -34,7 +33,7 @@ def tune(graph, dtype: str, grad, num_threads: int | None, batch: int = DEFAULT_
     probe = lower(graph, dtype, grad=grad, algorithm="gemm", num_threads=num_threads,
                   sizes=sizes)
     keys = {(s.node, s.role): _signature(probe, s, batch) for s in probe.steps
-            if any(isinstance(p, Gemm) for p in probe.parts[s])}  # steps with a choice
+            if "gemm" in probe.algorithms[s]}  # steps with a choice
     path = cache_dir() / f"tune-{machine_signature()}.json"
     known = _load(path)
     if not all(k in known for k in keys.values()):

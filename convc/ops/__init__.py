@@ -16,6 +16,7 @@ import sympy
 
 from ..codegen.names import c_identifier
 from ..errors import GraphError
+from ..ir.affine import is_proven
 
 BATCH = sympy.Symbol("N", integer=True, nonnegative=True)
 """The batch size: the symbol a user's ``None`` on axis 0 becomes, an argument of the
@@ -46,9 +47,9 @@ def is_size(d) -> bool:
 
 def proven(condition) -> bool:
     """Whether ``condition`` (a bool, or a relation between size expressions) holds for
-    every value of the sizes it uses; a check that is not proven here is made again at
-    call time, on the sizes given."""
-    return sympy.simplify(sympy.sympify(condition)) is sympy.true
+    every value of the sizes it uses (`convc.ir.affine.is_proven`); a check that is not
+    proven here is made again at call time, on the sizes given."""
+    return is_proven(condition)
 
 
 def estimate(e) -> float:
