@@ -99,7 +99,18 @@ def derive(comps: Sequence[Comprehension], seeds: set[str], wrt: set[str],
                 pre = []
     fills = [_copy(names.seed(t), names.grad(t), shapes[t]) if t in seeds
              else zeros(names.grad(t), shapes[t]) for t in sorted(wrt | needed)]
+    fills = _seeds_read_in_place(fills, steps, seeds - wrt, names)
     return _first_assigns(fills, steps), saved, steps
+
+
+def _seeds_read_in_place(fills, steps, seeds, names) -> list[Comprehension]:
+    """Drop the copy of a seed into a gradient that nothing else adds to (the output of
+    the last layer): the adjoints read the seed itself instead (in ``steps``, in place)."""
+    written = {c.tensor for _, _, cs in steps for c in cs}
+    alias = {names.grad(t): names.seed(t) for t in seeds if names.grad(t) not in written}
+    for i, (comp, target, cs) in enumerate(steps):
+        steps[i] = (comp, target, [c.renamed(alias) for c in cs])
+    return [f for f in fills if f.tensor not in alias]
 
 
 def _first_assigns(fills, steps) -> list[Comprehension]:
@@ -127,14 +138,11 @@ def _first_assigns(fills, steps) -> list[Comprehension]:
 
 def _as_assignment(comp: Comprehension, fill: Comprehension) -> Comprehension | None:
     """``comp`` writing ``=`` instead of ``+=``, when it writes every element of the
-    tensor ``fill`` zeroes once (its free variables walk the whole shape); else None."""
+    tensor ``fill`` zeroes once (see `_covers_once`); else None."""
     reduced = {d.var for d in comp.reduced}  # a constraint on them leaves every point
-    covers = (all(e.free_symbols & reduced for e, _, _ in comp.where)
-              and len(comp.free) == len(fill.free)
-              and tuple(comp.output.indices) == tuple(d.var for d in comp.free)
-              and all(d.start == 0 and sympy.expand(d.stop - f.stop) == 0
-                      for d, f in zip(comp.free, fill.free)))
-    if not covers:
+    if not all(e.free_symbols & reduced for e, _, _ in comp.where):
+        return None
+    if not _covers_once(comp, [f.stop for f in fill.free]):
         return None
     if (comp.reduction is Reduction.SUM and comp.init == comp.output
             and not comp.body.has(comp.output)):
@@ -144,6 +152,36 @@ def _as_assignment(comp: Comprehension, fill: Comprehension) -> Comprehension | 
         rest = comp.body - comp.output
         return None if rest.has(comp.output) else replace(comp, body=rest)
     return None
+
+
+def _covers_once(comp: Comprehension, shape) -> bool:
+    """Whether the free variables walk every element of a tensor of ``shape`` once: each
+    output index is a mixed-radix number of its own variables (``v`` over the whole axis,
+    or ``s·a + b`` with ``b < s`` and ``s·A`` the axis for ``a < A``: a pooling window
+    that tiles its input), every free variable in one index."""
+    dims = {d.var: d for d in comp.free}
+    if any(d.start != 0 for d in comp.free) or len(comp.output.indices) != len(shape):
+        return False
+    used = []
+    for index, size in zip(comp.output.indices, shape):
+        coeffs, const = affine_terms(index, list(dims))
+        if const != 0:
+            return False
+        step = sympy.Integer(1)
+        for v, c in sorted(coeffs.items(), key=lambda vc: _ordered(vc[1])):
+            if sympy.expand(c - step) != 0:
+                return False
+            step *= dims[v].stop
+        if sympy.expand(step - size) != 0:
+            return False
+        used += list(coeffs)
+    return sorted(used, key=str) == sorted(dims, key=str)
+
+
+def _ordered(coefficient) -> float:
+    """A coefficient's size for sorting (one holding a size symbol counts as large)."""
+    c = sympy.sympify(coefficient)
+    return float(c) if c.is_number else float(c.subs({s: 10**6 for s in c.free_symbols}))
 
 
 def _masked(comp: Comprehension, cs: list[Comprehension], shapes, names

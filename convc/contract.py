@@ -38,10 +38,12 @@ from .ir.affine import affine_terms, index_range, is_proven, strides
 from .ir.comprehension import Comprehension, Dim, Reduction
 from .ops import estimate
 
-ALGORITHMS = ("auto", "gemm", "direct", "fft", "winograd")
+ALGORITHMS = ("auto", "gemm", "direct", "fft", "winograd", "col2im")
 """How contractions run: chosen by cost, always as products where possible, never,
 through spectra where they are correlations or convolutions of unit stride (`spectral`),
-or by Winograd's F(2, 3) where those have 3 taps per axis (`winograd`; else as auto)."""
+by Winograd's F(2, 3) where those have 3 taps per axis (`winograd`), or as one product
+over every tap and a sum of shifted columns (`col2im`); where one does not apply, as
+auto."""
 
 MIN_EXTENT = {"m": 1, "n": 8, "k": 8}
 """The least rows, columns and depth per product for which packing pays over direct loops."""
@@ -66,7 +68,8 @@ class View:
 @dataclass(frozen=True)
 class Gemm:
     """``c[b] += a[b]·b[b]`` for ``b < batch.extent``, inside loops over ``outer``:
-    ``a`` is m×k, ``b`` k×n, ``c`` m×n."""
+    ``a`` is m×k, ``b`` k×n, ``c`` m×n. Unless ``accumulate``, ``c`` starts at zero: the
+    product stores (``=``) where it would add."""
 
     outer: tuple[Dim, ...]
     batch: Dim | None
@@ -76,6 +79,7 @@ class Gemm:
     a: View
     b: View
     c: View
+    accumulate: bool = True
 
     def describe(self) -> str:
         batch = f" x {self.batch.extent} (batch {self.batch.var})" if self.batch else ""
@@ -276,10 +280,9 @@ class _Roles:
         dims = {d.var: d for d in comp.variables}
         out_coeffs, out_const = strides(comp.output, shapes[comp.tensor], list(extents))
         pre: list[Comprehension] = []
-        if comp.init != comp.output:
+        if comp.init is not None and comp.init != comp.output:
             pre.append(Comprehension(comp.output, comp.free,
-                                     sympy.Integer(0) if comp.init is None else comp.init,
-                                     fill=comp.fill, inside=comp.inside))
+                                     comp.init, fill=comp.fill, inside=comp.inside))
         batch = self.batch
         loops = tuple(dims[v] for v in self.outer if v != batch)
         shared = (*self.outer, batch) if self.k_batch else self.outer
@@ -297,7 +300,8 @@ class _Roles:
                  out_coeffs.get(batch, 0) if batch is not None else 0,
                  _last(out_coeffs, self.m), _last(out_coeffs, self.n))
         return (*pre, Gemm(loops, dims.get(batch), _size(self.m, extents),
-                           _size(self.n, extents), _size(self.k, extents), *views, c))
+                           _size(self.n, extents), _size(self.k, extents), *views, c,
+                           accumulate=comp.init is not None))
 
 
 def _roles(comp: Comprehension, a, b, shapes, least) -> list[_Roles]:

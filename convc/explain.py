@@ -204,15 +204,17 @@ def _time(lowered: Lowered, step: Step) -> str:
 
 
 def _algorithm(parts, used) -> str:
-    """``direct`` loops, or the matrix products or FFTs the contractions became (under
-    Winograd, its products, which differ only in the tensors they read, counted once)."""
+    """``direct`` loops, or the matrix products or FFTs the contractions became, after the
+    name of the algorithm that made them (under Winograd, its products, which differ only
+    in the tensors they read, counted once)."""
     products = [p.describe() for p in parts if isinstance(p, Gemm | Transform | Spectra)]
     if "winograd" in used:
         products = [f"{count} x {text}" if count > 1 else text
                     for text, count in Counter(products).items()]
         products.insert(0, "winograd F(2, 3)")
-    if "fft" in used:
-        products.insert(0, "fft")
+    for name in ("fft", "col2im"):
+        if name in used:
+            products.insert(0, name)
     return "; ".join(products) if products else "direct loops"
 
 

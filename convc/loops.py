@@ -22,11 +22,13 @@ class LoopKind(str, enum.Enum):
     """``parallel``: its iterations write disjoint elements and may run on several threads
     (the outermost free variable of a comprehension). ``vector``: its iterations add into
     one accumulator and may do so in any order, in vector lanes (the innermost loop of a
-    sum)."""
+    sum). ``unroll``: a few iterations of constant count, written out one after another
+    (a short window summed in registers, so that the loop around it vectorises)."""
 
     SERIAL = "serial"
     PARALLEL = "parallel"
     VECTOR = "vector"
+    UNROLL = "unroll"
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,8 @@ def format_nest(stmts, indent: str = "") -> str:
         elif isinstance(s, ArgMaxUpdate):
             lines.append(f"{indent}if {s.value} > acc: acc, arg = {s.value}, {s.index}")
         elif isinstance(s, Gemm):
-            lines.append(f"{indent}{s.c.tensor} += {s.a.tensor} @ {s.b.tensor}   "
+            assign = "+=" if s.accumulate else "="
+            lines.append(f"{indent}{s.c.tensor} {assign} {s.a.tensor} @ {s.b.tensor}   "
                          f"({s.describe()})")
         elif isinstance(s, Transform):
             lines.append(f"{indent}{s.target} = {s.describe()}")

@@ -37,8 +37,9 @@ def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple]) -> tuple[
     of its free variables is written by one iteration only, so they never race.
     """
     comp = _collapse(_fold_single_points(comp), shapes)
-    passes = _reduction_outside(comp, shapes) or [comp]
-    nest = tuple(s for c in passes for s in _serial_nest(c, shapes))
+    windowed = _windowed(comp, shapes)
+    passes = [] if windowed else _reduction_outside(comp, shapes) or [comp]
+    nest = windowed or tuple(s for c in passes for s in _serial_nest(c, shapes))
     if not comp.free or _work(comp) < PARALLEL_WORK:
         return nest
     if len(passes) > 1 and len(comp.free) == 1:
@@ -52,11 +53,110 @@ SHORT_REDUCTION = 64
 
 
 def row_length(comp: Comprehension, shapes) -> float:
-    """The row a short window adds per window point (see below), or 0 when it does not run
-    that way."""
-    if _reduction_outside(comp, shapes) is None:
+    """The row along which a short window runs vectorised (see `_windowed` and
+    `_reduction_outside`), or 0 when it does not run that way."""
+    if _windowed(comp, shapes) is None and _reduction_outside(comp, shapes) is None:
         return 0.0
     return estimate(comp.free[-1].stop)
+
+
+def _windowed(comp: Comprehension, shapes) -> tuple[Stmt, ...] | None:
+    """A short sum or max over a window (a depthwise kernel, pooling) kept in a register
+    per output point inside the output's contiguous loop: the window's loops unroll, the
+    row vectorises, and each output is written once.
+
+    Where the window can leave its input (zero or -∞ padding), the free variable of that
+    axis runs in three loops: a border where the window is clipped to the input, the
+    interior where it is whole (constant bounds, no test), and the border after. None
+    when the comprehension is not of that shape.
+    """
+    if comp.reduction is Reduction.SUM:
+        comp = _bounds_as_fill(comp, shapes)
+    if not _short_window(comp, shapes) or comp.where:
+        return None
+    bounds = {d.var: (d.start, d.stop) for d in comp.variables}
+    free = [d.var for d in comp.free]
+    interior: dict[sympy.Symbol, tuple] = {}
+    axes = []
+    for access in comp.accesses():
+        unsafe = [] if access in comp.inside else _unsafe_axes(comp, access, shapes)
+        fill = comp.fill_of(str(access.base.label))
+        if unsafe and (fill is None or not _annihilates(comp, access, fill)):
+            return None
+        for axis in unsafe:
+            found = _whole_window(comp, axis, free)
+            if found is None or not _clip(comp, axis, dict(bounds)):
+                return None
+            v, lo, hi = found
+            start, stop = interior.get(v, bounds[v])
+            interior[v] = (sympy.Max(start, lo), sympy.Min(stop, hi))
+            axes.append((axis, v))
+
+    def point(inside: set) -> tuple[Stmt, ...]:
+        clipped = dict(bounds)
+        for axis, v in axes:
+            if v not in inside:
+                _clip(comp, axis, clipped)
+        fixed = {d.var: LoopKind.UNROLL for d in comp.reduced
+                 if all(sympy.sympify(b).is_number for b in clipped[d.var])}
+        return _point(comp, clipped, lambda e: e, fixed)
+
+    def nest(i: int, inside: set) -> tuple[Stmt, ...]:
+        if i == len(free):
+            return point(inside)
+        v = free[i]
+        start, stop = bounds[v]
+        if v not in interior:
+            return (Loop(v, start, stop, nest(i + 1, inside)),)
+        lo = sympy.Max(start, sympy.Min(interior[v][0], stop))
+        hi = sympy.Max(lo, sympy.Min(interior[v][1], stop))
+        loops = (Loop(v, start, lo, nest(i + 1, inside)),
+                 Loop(v, lo, hi, nest(i + 1, inside | {v})),
+                 Loop(v, hi, stop, nest(i + 1, inside)))
+        return tuple(loop for loop in loops if not is_proven(loop.start >= loop.stop))
+
+    return nest(0, set())
+
+
+def _whole_window(comp: Comprehension, axis, free) -> tuple | None:
+    """For an index ``a·v + b·m + c`` (``v`` free, ``m`` the window's), the range of ``v``
+    where it stays inside its axis for every ``m``: ``(v, start, stop)``."""
+    idx, size = axis
+    variables = [d.var for d in comp.variables]
+    coeffs, const = affine_terms(idx, variables)
+    mine = [v for v in coeffs if v in free]
+    window = [d for d in comp.reduced if d.var in coeffs]
+    if len(mine) != 1 or len(window) != 1 or len(coeffs) != 2:
+        return None
+    v, m = mine[0], window[0]
+    low, high = sorted((0, coeffs[m.var] * (m.stop - 1)))
+    start, stop = solve_inside(coeffs[v], const + low, size - (high - low))
+    return v, start, stop
+
+
+def _short_window(comp: Comprehension, shapes) -> bool:
+    """A sum or max over at most `SHORT_REDUCTION` points of constant bounds, inside a box
+    from 0 whose innermost free variable walks the output in steps of 1 or 2 (its
+    interleaved parts) and every read in steps of 0, 1 or 2, for at least 16 points."""
+    if comp.reduction not in (Reduction.SUM, Reduction.MAX) or not comp.free:
+        return False
+    if not comp.reduced or not all(d.start == 0 and sympy.sympify(d.stop).is_number
+                                   for d in comp.reduced):
+        return False
+    if math.prod(int(d.stop) for d in comp.reduced) > SHORT_REDUCTION:
+        return False
+    loop_vars = {d.var for d in comp.variables}
+    if any(d.start != 0 or d.stop.free_symbols & loop_vars for d in comp.free):
+        return False
+    inner = comp.free[-1]
+    extent = sympy.sympify(inner.stop)
+    if (extent.is_number and extent < 16) or not comp.output.has(inner.var):
+        return False
+    for a in (comp.output, *comp.body.atoms(sympy.Indexed)):
+        step = strides(a, shapes[str(a.base.label)], [inner.var])[0].get(inner.var, 0)
+        if step not in ((1, 2) if a == comp.output else (0, 1, 2)):
+            return False  # a row, or the parts of interleaved complex numbers
+    return True
 
 
 def _reduction_outside(comp: Comprehension, shapes) -> list[Comprehension] | None:
@@ -66,35 +166,22 @@ def _reduction_outside(comp: Comprehension, shapes) -> list[Comprehension] | Non
     (an average's division) applies. Constraints may tie the window to the outer free
     variables (a gathered input gradient's ``0 <= j - m < J``), not to the row's. None
     when the comprehension is not of that shape."""
-    if comp.reduction not in (Reduction.SUM, Reduction.MAX) or not comp.free:
-        return None
     if comp.reduction is Reduction.SUM:
         comp = _bounds_as_fill(comp, shapes)
-    if any(comp.free[-1].var in e.free_symbols for e, _, _ in comp.where):
-        return None
-    if not all(d.start == 0 and sympy.sympify(d.stop).is_number for d in comp.reduced):
-        return None
-    if math.prod(int(d.stop) for d in comp.reduced) > SHORT_REDUCTION or not comp.reduced:
-        return None
-    loop_vars = {d.var for d in comp.variables}
-    if any(d.start != 0 or d.stop.free_symbols & loop_vars for d in comp.free):
+    if not _short_window(comp, shapes):
         return None
     inner = comp.free[-1]
-    extent = sympy.sympify(inner.stop)
-    if (extent.is_number and extent < 16) or inner.var not in comp.output.indices:
+    if any(inner.var in e.free_symbols for e, _, _ in comp.where):
         return None
-    for a in (comp.output, *comp.body.atoms(sympy.Indexed)):
-        step = strides(a, shapes[str(a.base.label)], [inner.var])[0].get(inner.var, 0)
-        if step not in ((1, 2) if a == comp.output else (0, 1, 2)):
-            return None  # a row, or the parts of interleaved complex numbers
     out = comp.output
     start = comp.reduction.identity if comp.init is None else comp.init
     combined = comp.reduction.combine(out, comp.body)
-    passes = [replace(comp, reduced=(), reduction=Reduction.NONE, body=start, init=None,
-                      final=None, where=()),
-              replace(comp, free=(*comp.free[:-1], *comp.reduced, inner), reduced=(),
-                      reduction=Reduction.NONE, body=combined, init=None, final=None,
-                      inside=comp.inside | {out})]
+    passes = [] if start == out else [  # (an output that accumulates starts as it is)
+        replace(comp, reduced=(), reduction=Reduction.NONE, body=start, init=None,
+                final=None, where=())]
+    passes.append(replace(comp, free=(*comp.free[:-1], *comp.reduced, inner), reduced=(),
+                          reduction=Reduction.NONE, body=combined, init=None, final=None,
+                          inside=comp.inside | {out}))
     if comp.final is not None:
         passes.append(replace(comp, reduced=(), reduction=Reduction.NONE,
                               body=comp.final.xreplace({ACC: out}), init=None, final=None,
@@ -415,26 +502,31 @@ def _contiguous(comp: Comprehension, shapes) -> bool:
 
 def _nest(comp: Comprehension, bounds, guards, contiguous: bool = False) -> tuple[Stmt, ...]:
     guard = (lambda e: e.xreplace(guards)) if guards else (lambda e: e)
-    body = guard(comp.body)
-    if comp.reduction is Reduction.NONE:
-        stmts: tuple[Stmt, ...] = (Store(comp.output, body),)
-    elif comp.reduction is Reduction.ARGMAX:
-        inner: tuple[Stmt, ...] = (ArgMaxUpdate(body, row_major(comp.reduced)),)
-        for d in reversed(comp.reduced):
-            inner = (Loop(d.var, *bounds[d.var], inner),)
-        stmts = (Let(ACC, -sympy.oo), Let(ARG, sympy.Integer(-1)), *inner,
-                 Store(comp.output, ARG))
-    else:
-        inner = (Update(ACC, comp.reduction, body),)
-        for i, d in enumerate(reversed(comp.reduced)):
-            vector = i == 0 and contiguous and comp.reduction is Reduction.SUM
-            inner = (Loop(d.var, *bounds[d.var], inner,
-                          LoopKind.VECTOR if vector else LoopKind.SERIAL),)
-        init = comp.reduction.identity if comp.init is None else guard(comp.init)
-        final = ACC if comp.final is None else guard(comp.final)
-        stmts = (Let(ACC, init), *inner, Store(comp.output, final))
+    vector = contiguous and comp.reduction is Reduction.SUM
+    kinds = {comp.reduced[-1].var: LoopKind.VECTOR} if vector else {}
+    stmts = _point(comp, bounds, guard, kinds)
     if not comp.free and comp.reduction is not Reduction.NONE:
         return (Block(stmts),)
     for d in reversed(comp.free):
         stmts = (Loop(d.var, *bounds[d.var], stmts),)
     return stmts
+
+
+def _point(comp: Comprehension, bounds, guard, kinds: dict) -> tuple[Stmt, ...]:
+    """The statements computing one output point: its reduction's loops (of the kinds
+    given per variable, else serial) around an accumulator, then the store."""
+    body = guard(comp.body)
+    if comp.reduction is Reduction.NONE:
+        return (Store(comp.output, body),)
+    if comp.reduction is Reduction.ARGMAX:
+        inner: tuple[Stmt, ...] = (ArgMaxUpdate(body, row_major(comp.reduced)),)
+        for d in reversed(comp.reduced):
+            inner = (Loop(d.var, *bounds[d.var], inner),)
+        return (Let(ACC, -sympy.oo), Let(ARG, sympy.Integer(-1)), *inner,
+                Store(comp.output, ARG))
+    inner = (Update(ACC, comp.reduction, body),)
+    for d in reversed(comp.reduced):
+        inner = (Loop(d.var, *bounds[d.var], inner, kinds.get(d.var, LoopKind.SERIAL)),)
+    init = comp.reduction.identity if comp.init is None else guard(comp.init)
+    final = ACC if comp.final is None else guard(comp.final)
+    return (Let(ACC, init), *inner, Store(comp.output, final))

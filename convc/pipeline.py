@@ -25,9 +25,9 @@ from .ir.affine import index_range
 from .ir.comprehension import ACC, ARG, Comprehension, Reduction
 from .loops import Kernel
 from .autodiff import Names, derive
-from .contract import ALGORITHMS, Part, plan
+from .contract import ALGORITHMS, Gemm, Part, plan
 from .lower import lower_node
-from . import spectral, winograd
+from . import col2im, spectral, winograd
 from .ops import fmt
 from .ops.source import Constant, Input, Param
 from .sizes import specialise
@@ -125,7 +125,9 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
     ``"auto"`` chooses by cost among matrix products, FFTs, Winograd and direct loops,
     ``"gemm"`` packs every one it can into products, ``"direct"`` none, ``"fft"`` runs every
     unit-stride correlation through spectra (`convc.spectral`), ``"winograd"`` every 3-tap
-    one by F(2, 3) (`convc.winograd`), the others as ``"auto"``; a layer's own
+    one by F(2, 3) (`convc.winograd`), ``"col2im"`` every correlation or convolution
+    with channels to sum as one product over all its taps and a sum of shifted columns
+    (`convc.col2im`), the others as ``"auto"``; a layer's own
     ``algorithm=`` overrides it for that node and its gradients.
 
     ``num_threads`` (default: the cores this process may use) shares the large loops and
@@ -252,12 +254,12 @@ def _backward(graph: Graph, forward: list[Step], wrt: list[str]) -> tuple[list[S
     for i, step in enumerate(forward):  # what the backward pass needs the forward to keep
         extra = tuple(m for c in step.comps for m in saved.get(c.tensor, ()))
         forward[i] = Step(step.node, step.role, step.comps + extra)
-    steps = [Step(graph.name, "start", tuple(zeros))]
+    steps = [Step(graph.name, "start", tuple(zeros))] if zeros else []
     used: set[tuple[str, str]] = set()
     for comp, target, cs in adjoints:  # in the order they must run
         node = graph.node(owner[comp.tensor])
         role = _role(graph, node, target)
-        last = steps[-1]
+        last = steps[-1] if steps else Step("", "", ())
         if last.node == node.name and last.role.split("_")[0] == role:
             steps[-1] = Step(last.node, last.role, last.comps + tuple(cs))
             continue
@@ -334,8 +336,9 @@ def _shapes(graph: Graph, steps) -> dict[str, tuple]:
 def _schedule(step: Step, shapes: dict[str, tuple], algorithm: str, packed: dict
               ) -> tuple[tuple[Part, ...], tuple[str, ...]]:
     """How each comprehension of ``step`` runs: by Winograd's F(2, 3), through spectra,
-    packed into a matrix product, or as loops (reading the packings and spectra of earlier
-    steps where they are the same); and which of these each one took."""
+    as columns and shifted sums, packed into a matrix product, or as loops (reading the
+    packings and spectra of earlier steps where they are the same); and which of these
+    each one took."""
     parts: list[Part] = []
     used: list[str] = []
     for comp in step.comps:
@@ -345,6 +348,9 @@ def _schedule(step: Step, shapes: dict[str, tuple], algorithm: str, packed: dict
         if product is None and (algorithm == "fft" or algorithm == "auto"
                                 and spectral.pays(comp, shapes)):
             product, name = spectral.plan(comp, shapes, packed), "fft"
+        if product is None and (algorithm == "col2im" or algorithm == "auto"
+                                and col2im.pays(comp, shapes)):
+            product, name = col2im.plan(comp, shapes, packed), "col2im"
         if product is None and algorithm != "direct":
             product, name = plan(comp, shapes, algorithm == "gemm", packed), "gemm"
         parts += product or [comp]
@@ -380,7 +386,7 @@ def _buffers(graph, nodes, parts, grads, seeds, float_type, shapes) -> dict[str,
     for name, grad in grads.items():
         add(grad, nodes_by_name[name].shape, "float", "grad")
     for c in parts:  # the first comprehension writing a scratch tensor covers all of it
-        if isinstance(c, Transform | Spectra):
+        if isinstance(c, Transform | Spectra | Gemm):
             written = c.target if isinstance(c, Transform) else c.c.tensor
             add(written, shapes[written], "float", "temp")
         elif not isinstance(c, Comprehension):

@@ -115,8 +115,12 @@ class Match:
     sign: int
 
 
-def match(comp: Comprehension, a: sympy.Indexed, b: sympy.Indexed, shapes) -> Match | None:
-    """``comp`` as signal ``a`` and kernel ``b`` (or None when it is not one)."""
+def match(comp: Comprehension, a: sympy.Indexed, b: sympy.Indexed, shapes,
+          strided: bool = False) -> Match | None:
+    """``comp`` as signal ``a`` and kernel ``b`` (or None when it is not one). ``strided``
+    also takes spatial axes read as ``s·u + σ·d·v + c`` in ``a``, ``d·v + e`` in ``b`` and
+    ``r·u + f`` in the output (a strided or dilated layer, or a phase of its input
+    gradient); the sign is then that of ``σ``."""
     free = {d.var for d in comp.free}
     reduced = {d.var for d in comp.reduced}
     variables = [d.var for d in comp.variables]
@@ -129,12 +133,13 @@ def match(comp: Comprehension, a: sympy.Indexed, b: sympy.Indexed, shapes) -> Ma
         if len(us) != 1 or len(vs) != 1 or len(coeffs) != 2:
             continue
         u, v = us[0], vs[0]
-        kpos = [i for i, e in enumerate(b.indices) if sympy.expand(e - v) == 0]
-        opos = [i for i, e in enumerate(out.indices) if sympy.expand(e - u) == 0]
-        if coeffs[u] != 1 or abs(coeffs[v]) != 1 or len(kpos) != 1 or len(opos) != 1:
+        kpos = [i for i, e in enumerate(b.indices) if _along(e, v, strided)]
+        opos = [i for i, e in enumerate(out.indices) if _along(e, u, strided)]
+        unit = strided or (coeffs[u] == 1 and abs(coeffs[v]) == 1)
+        if not unit or len(kpos) != 1 or len(opos) != 1:
             continue  # a channel axis (a group's input channel c + g), or summed directly
         axes.append((pos, kpos[0], opos[0], u, v, const))
-        signs.add(int(coeffs[v]))
+        signs.add(1 if coeffs[v] > 0 else -1)
     if not axes or len(signs) != 1:
         return None
     spatial = {x for axis in axes for x in axis[3:5]}
@@ -150,6 +155,15 @@ def match(comp: Comprehension, a: sympy.Indexed, b: sympy.Indexed, shapes) -> Ma
                                                     and is_proven(high <= size - 1)):
                 return None
     return Match(a, b, tuple(axes), signs.pop())
+
+
+def _along(index, var, strided: bool) -> bool:
+    """Whether ``index`` is ``var`` (``strided``: ``a·var + b``, ``a`` a nonzero number)."""
+    if not strided:
+        return sympy.expand(index - var) == 0
+    coeff = sympy.expand(index).coeff(var)
+    return index.free_symbols == {var} and coeff.is_number and coeff != 0 and \
+        sympy.expand(index - coeff * var).is_number
 
 
 def plan(comp: Comprehension, shapes: dict[str, tuple], packed: dict) -> tuple | None:
@@ -186,15 +200,16 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], packed: dict) -> tuple |
     return tuple(parts)
 
 
-def correlation(comp: Comprehension, shapes):
-    """``comp`` counted from 0, how it is a correlation or convolution, the outputs and taps
-    ``(U, V)`` per spatial axis and the transform sizes ``F >= U + V - 1``; if it is one
-    with constant extents and no constraint beyond reading inside its tensors."""
+def correlation(comp: Comprehension, shapes, strided: bool = False):
+    """``comp`` counted from 0, how it is a correlation or convolution (``strided``: see
+    `match`), the outputs and taps ``(U, V)`` per spatial axis and the transform sizes
+    ``F >= U + V - 1``; if it is one with constant extents and no constraint beyond
+    reading inside its tensors."""
     comp = from_zero(comp)
     pair = operands(comp)
     if pair is None:
         return None
-    found = match(comp, *pair, shapes) or match(comp, *pair[::-1], shapes)
+    found = match(comp, *pair, shapes, strided) or match(comp, *pair[::-1], shapes, strided)
     if found is None:
         return None
     extents = {d.var: d.stop for d in comp.variables}

@@ -2,9 +2,10 @@
 
 `tune` compiles the graph once per candidate algorithm (every contraction packed into
 matrix products, every one as direct loops, every correlation through spectra, every 3-tap
-one by Winograd), with step timers (`Module.profile`), runs each on random arrays at one
-batch size, and keeps for every step ``(node, role)`` the fastest (steps that can never
-be products have no choice to make). What it measured is cached in
+one by Winograd, every correlation as columns and shifted sums), with step timers
+(`Module.profile`), runs each on random arrays at one batch size, and keeps for every
+step ``(node, role)`` the fastest (steps that can never be products have no choice to
+make). What it measured is cached in
 ``<cache>/tune-<machine>.json``, keyed by the step's signature: its node's op and
 attributes, its input shapes, its role, the dtype, the threads and the batch. A graph whose
 steps are all known there is not timed again.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from .build import cache_dir, machine_signature
 
-CANDIDATES = ("gemm", "direct", "fft", "winograd")
+CANDIDATES = ("gemm", "direct", "fft", "winograd", "col2im")
 DEFAULT_BATCH = 32
 
 

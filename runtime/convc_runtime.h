@@ -71,17 +71,18 @@ static inline double convc_fmin(double a, double b) { return (a < b || a != a) ?
 static inline float convc_selectf(int c, float a, float b) { return c ? a : b; }
 static inline double convc_select(int c, double a, double b) { return c ? a : b; }
 
-/* Batched matrix product (gemm.c): C[b] += A[b] B[b] for every b < batch, where element
+/* Batched matrix product (gemm.c): C[b] += A[b] B[b] for every b < batch (with `accumulate`
+ * 0: C[b] = A[b] B[b], C need not be initialised), where element
  * (i, j) of X[b] is X[b * sx + i * rsx + j * csx] (strides in elements: row- or column-major
  * or a view; a batch stride of 0 shares the operand across the batch, and for C means the
  * products add up into one matrix). A is M x K, B is K x N, C is M x N; C must not overlap
  * A or B. The batch is shared among at most `threads` threads (OpenMP). Returns CONVC_OK,
  * CONVC_ERR_NOMEM, or CONVC_ERR_SIZE for a negative size. */
-int convc_gemm_f32(int threads, int64_t batch, int64_t M, int64_t N, int64_t K,
+int convc_gemm_f32(int threads, int accumulate, int64_t batch, int64_t M, int64_t N, int64_t K,
                    const float *A, int64_t sa, int64_t rsa, int64_t csa,
                    const float *B, int64_t sb, int64_t rsb, int64_t csb,
                    float *C, int64_t sc, int64_t rsc, int64_t csc);
-int convc_gemm_f64(int threads, int64_t batch, int64_t M, int64_t N, int64_t K,
+int convc_gemm_f64(int threads, int accumulate, int64_t batch, int64_t M, int64_t N, int64_t K,
                    const double *A, int64_t sa, int64_t rsa, int64_t csa,
                    const double *B, int64_t sb, int64_t rsb, int64_t csb,
                    double *C, int64_t sc, int64_t rsc, int64_t csc);

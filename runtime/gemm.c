@@ -1,4 +1,5 @@
-/* convc runtime: the matrix product C[b] += A[b] B[b] over a batch, for any strides, no BLAS.
+/* convc runtime: the matrix product C[b] += A[b] B[b] (or C[b] = A[b] B[b]) over a batch, for
+ * any strides, no BLAS.
  *
  * The BLIS scheme. B is copied ("packed") one KC x NC block at a time into panels NR columns
  * wide, A one MC x KC block at a time into panels MR rows tall, both zero-padded to whole
@@ -155,18 +156,20 @@ static inline void convc_gemm_prefetch_next(struct convc_gemm_ahead *ahead, int6
 #define CONVC_GEMM_DISPATCH(type, args) return gemm_##type##_base args
 #endif
 
-static int gemm_serial_f32(int64_t batch, int64_t M, int64_t N, int64_t K,
+static int gemm_serial_f32(int accumulate, int64_t batch, int64_t M, int64_t N, int64_t K,
                            const float *A, int64_t sa, int64_t rsa, int64_t csa,
                            const float *B, int64_t sb, int64_t rsb, int64_t csb,
                            float *C, int64_t sc, int64_t rsc, int64_t csc) {
-    CONVC_GEMM_DISPATCH(f32, (batch, M, N, K, A, sa, rsa, csa, B, sb, rsb, csb, C, sc, rsc, csc));
+    CONVC_GEMM_DISPATCH(f32, (accumulate, batch, M, N, K, A, sa, rsa, csa, B, sb, rsb, csb, C,
+                              sc, rsc, csc));
 }
 
-static int gemm_serial_f64(int64_t batch, int64_t M, int64_t N, int64_t K,
+static int gemm_serial_f64(int accumulate, int64_t batch, int64_t M, int64_t N, int64_t K,
                            const double *A, int64_t sa, int64_t rsa, int64_t csa,
                            const double *B, int64_t sb, int64_t rsb, int64_t csb,
                            double *C, int64_t sc, int64_t rsc, int64_t csc) {
-    CONVC_GEMM_DISPATCH(f64, (batch, M, N, K, A, sa, rsa, csa, B, sb, rsb, csb, C, sc, rsc, csc));
+    CONVC_GEMM_DISPATCH(f64, (accumulate, batch, M, N, K, A, sa, rsa, csa, B, sb, rsb, csb, C,
+                              sc, rsc, csc));
 }
 
 /* The batch split over `threads` OpenMP threads, each taking a contiguous share. When C is
@@ -175,14 +178,14 @@ static int gemm_serial_f64(int64_t batch, int64_t M, int64_t N, int64_t K,
  * are added to C in thread order at the end: no atomics, and for a given thread count the
  * same sums in the same order on every run. */
 #define CONVC_GEMM_THREADED(T, TNAME)                                                        \
-    int convc_gemm_##TNAME(int threads, int64_t batch, int64_t M, int64_t N, int64_t K,     \
-                           const T *A, int64_t sa, int64_t rsa, int64_t csa, const T *B,    \
-                           int64_t sb, int64_t rsb, int64_t csb, T *C, int64_t sc,          \
-                           int64_t rsc, int64_t csc) {                                       \
+    int convc_gemm_##TNAME(int threads, int accumulate, int64_t batch, int64_t M, int64_t N, \
+                           int64_t K, const T *A, int64_t sa, int64_t rsa, int64_t csa,     \
+                           const T *B, int64_t sb, int64_t rsb, int64_t csb, T *C,          \
+                           int64_t sc, int64_t rsc, int64_t csc) {                           \
         int64_t teams = convc_min(threads, batch);                                           \
         if (!CONVC_GEMM_OPENMP || teams <= 1 || M <= 0 || N <= 0 || K <= 0)                  \
-            return gemm_serial_##TNAME(batch, M, N, K, A, sa, rsa, csa, B, sb, rsb, csb, C, \
-                                       sc, rsc, csc);                                        \
+            return gemm_serial_##TNAME(accumulate, batch, M, N, K, A, sa, rsa, csa, B, sb,  \
+                                       rsb, csb, C, sc, rsc, csc);                           \
         T *partial = NULL;                                                                   \
         if (sc == 0) {                                                                       \
             partial = convc_alloc(sizeof(T) * (size_t)((teams - 1) * M * N));                \
@@ -195,8 +198,9 @@ static int gemm_serial_f64(int64_t batch, int64_t M, int64_t N, int64_t K,
             int64_t first = batch * t / teams, last = batch * (t + 1) / teams;               \
             T *Ct = partial && t > 0 ? partial + (t - 1) * M * N : C + first * sc;           \
             int64_t r = partial && t > 0 ? N : rsc, c = partial && t > 0 ? 1 : csc;          \
-            int code = gemm_serial_##TNAME(last - first, M, N, K, A + first * sa, sa, rsa,   \
-                                           csa, B + first * sb, sb, rsb, csb, Ct, sc, r, c); \
+            int code = gemm_serial_##TNAME(accumulate || Ct != C + first * sc, last - first, \
+                                           M, N, K, A + first * sa, sa, rsa, csa,            \
+                                           B + first * sb, sb, rsb, csb, Ct, sc, r, c);      \
             if (code != CONVC_OK) status = code; /* any failure will do */                   \
         }                                                                                    \
         for (int64_t t = 1; partial && t < teams; t++)                                       \
@@ -234,7 +238,8 @@ CONVC_GEMM_THREADED(double, f64)
 
 typedef T V __attribute__((vector_size(VBYTES)));
 
-/* C (m x n of an MR x NR tile, rows rsc and columns csc apart) += a * b, where a is an A
+/* C (m x n of an MR x NR tile, rows rsc and columns csc apart) += a * b (= a * b when
+ * `store`), where a is an A
  * micro-panel (a[k * MR + i] = A(i, k)) and b a B micro-panel (b[k * ldb + j] = B(k, j):
  * packed, ldb = NR, or B itself where its rows are contiguous).
  * Only the first `rows` rows and `vecs` vectors of columns are computed (m <= rows and
@@ -244,7 +249,7 @@ typedef T V __attribute__((vector_size(VBYTES)));
  * `ahead` is prefetched on the way, a line per step of k. */
 static inline __attribute__((always_inline)) TARGET void FN(kernel_body)(
     int64_t kc, const T *a, const T *b, int64_t ldb, T *c, int64_t rsc, int64_t csc, int64_t m,
-    int64_t n, struct convc_gemm_ahead ahead, const int rows, const int vecs) {
+    int64_t n, struct convc_gemm_ahead ahead, int store, const int rows, const int vecs) {
     V acc[MR][2];
     for (int i = 0; i < rows; i++) acc[i][0] = acc[i][1] = (V){0};
     for (int64_t i = 0; i < m; i++) { /* C is read at the end: ask for it now */
@@ -268,9 +273,12 @@ static inline __attribute__((always_inline)) TARGET void FN(kernel_body)(
     if (n == vecs * VL && csc == 1) { /* whole rows of unit stride: add vectors */
         for (int i = 0; i < rows && i < m; i++) {
             for (int v = 0; v < vecs; v++) {
-                V cv;
-                memcpy(&cv, c + i * rsc + v * VL, sizeof cv);
-                cv += acc[i][v];
+                V cv = acc[i][v];
+                if (!store) {
+                    V old;
+                    memcpy(&old, c + i * rsc + v * VL, sizeof old);
+                    cv += old;
+                }
                 memcpy(c + i * rsc + v * VL, &cv, sizeof cv);
             }
         }
@@ -280,14 +288,15 @@ static inline __attribute__((always_inline)) TARGET void FN(kernel_body)(
     for (int i = 0; i < rows; i++)
         for (int v = 0; v < vecs; v++) memcpy(&tile[i][v * VL], &acc[i][v], sizeof(V));
     for (int64_t i = 0; i < m && i < rows; i++)
-        for (int64_t j = 0; j < n && j < vecs * VL; j++) c[i * rsc + j * csc] += tile[i][j];
+        for (int64_t j = 0; j < n && j < vecs * VL; j++)
+            c[i * rsc + j * csc] = tile[i][j] + (store ? 0 : c[i * rsc + j * csc]);
 }
 
 #define CONVC_GEMM_KERNEL(name, rows, vecs)                                                  \
     static TARGET void name(int64_t kc, const T *a, const T *b, int64_t ldb, T *c,          \
                             int64_t rsc, int64_t csc, int64_t m, int64_t n,                  \
-                            struct convc_gemm_ahead ahead) {                                 \
-        FN(kernel_body)(kc, a, b, ldb, c, rsc, csc, m, n, ahead, rows, vecs);                 \
+                            struct convc_gemm_ahead ahead, int store) {                      \
+        FN(kernel_body)(kc, a, b, ldb, c, rsc, csc, m, n, ahead, store, rows, vecs);          \
     }
 CONVC_GEMM_KERNEL(FN(kernel), MR, 2)
 CONVC_GEMM_KERNEL(FN(kernel_half_rows), MR / 2, 2)
@@ -297,7 +306,7 @@ CONVC_GEMM_KERNEL(FN(kernel_quarter), MR / 2, 1)
 
 /* The kernel for an m x n tile: the smallest that covers it. */
 typedef void (*FN(kernel_fn))(int64_t, const T *, const T *, int64_t, T *, int64_t, int64_t,
-                              int64_t, int64_t, struct convc_gemm_ahead);
+                              int64_t, int64_t, struct convc_gemm_ahead, int);
 static TARGET FN(kernel_fn) FN(pick_kernel)(int64_t m, int64_t n) {
     if (n <= VL) return m <= MR / 2 ? FN(kernel_quarter) : FN(kernel_one_vector);
     return m <= MR / 2 ? FN(kernel_half_rows) : FN(kernel);
@@ -381,13 +390,20 @@ static struct convc_gemm_ahead FN(next_block)(int64_t b, int64_t jc, int64_t pc,
 }
 
 /* The whole product for one variant; see convc_gemm_f32 in convc_runtime.h. (Unused where
- * CONVC_GEMM_VARIANT picks another.) */
+ * CONVC_GEMM_VARIANT picks another.) Without `accumulate`, the first block of K of each C
+ * (the first product of the batch where C is shared) stores instead of adding. */
 __attribute__((unused)) static TARGET int FN(gemm)(
-    int64_t batch, int64_t M, int64_t N, int64_t K, const T *A, int64_t sa, int64_t rsa,
-    int64_t csa, const T *B, int64_t sb, int64_t rsb, int64_t csb, T *C, int64_t sc,
-    int64_t rsc, int64_t csc) {
+    int accumulate, int64_t batch, int64_t M, int64_t N, int64_t K, const T *A, int64_t sa,
+    int64_t rsa, int64_t csa, const T *B, int64_t sb, int64_t rsb, int64_t csb, T *C,
+    int64_t sc, int64_t rsc, int64_t csc) {
     if (batch < 0 || M < 0 || N < 0 || K < 0) return CONVC_ERR_SIZE;
-    if (batch == 0 || M == 0 || N == 0 || K == 0) return CONVC_OK;
+    if (batch == 0 || M == 0 || N == 0) return CONVC_OK;
+    if (K == 0) { /* an empty sum: C is left, or set to zero */
+        for (int64_t b = 0; !accumulate && b < (sc == 0 ? 1 : batch); b++)
+            for (int64_t i = 0; i < M; i++)
+                for (int64_t j = 0; j < N; j++) C[b * sc + i * rsc + j * csc] = 0;
+        return CONVC_OK;
+    }
 
     /* A (or B) shared by the whole batch is packed once, all of it, in the order the loops
      * below read it: block pc of A at pc * mp, block (jc, pc) of B at jc * K + pc * ncp. */
@@ -428,6 +444,7 @@ __attribute__((unused)) static TARGET int FN(gemm)(
             for (int64_t pc = 0; pc < K; pc += kcmax) {
                 const int64_t kc = convc_min(kcmax, K - pc);
                 const T *bsrc = Bb + pc * rsb + jc * csb, *bpacked = pb;
+                const int store = !accumulate && pc == 0 && (sc != 0 || b == 0);
                 struct convc_gemm_ahead next = {NULL, 0, 0, 0};
                 if (share_b) {
                     bpacked = pb + jc * K + pc * convc_gemm_round_up(nc, NR);
@@ -461,7 +478,7 @@ __attribute__((unused)) static TARGET int FN(gemm)(
                             int64_t m = convc_min(MR, mc - ir), n = convc_min(NR, nc - jr);
                             FN(pick_kernel)(m, n)(kc, ablock + ir * kc, panel, ldb,
                                                   Cb + (ic + ir) * rsc + (jc + jr) * csc, rsc,
-                                                  csc, m, n, mine);
+                                                  csc, m, n, mine, store);
                         }
                 }
             }

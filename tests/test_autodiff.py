@@ -203,7 +203,8 @@ def conv_cases(draw, bias=False, max_rank=3):
     return dict(sizes=sizes, cin=cin, channels=channels, kernel=tuple(kernel), stride=stride,
                 dilation=dilation, padding=padding, groups=groups, bias=bias,
                 batch=draw(st.integers(1, 2)), seed=draw(st.integers(0, 2**16)),
-                algorithm=draw(st.sampled_from(["direct", "gemm", "fft", "winograd"])))
+                algorithm=draw(st.sampled_from(["direct", "gemm", "fft", "winograd",
+                                                "col2im"])))
 
 
 def case_args(case):
@@ -439,10 +440,11 @@ def test_finite_differences_chain_with_parameters():
 
 # -- 4. max pooling ties -----------------------------------------------------------------------
 
-TIE_CASES = [  # window, stride, dilation, padding, ceil_mode: all windows overlap
+TIE_CASES = [  # window, stride, dilation, padding, ceil_mode: windows overlap, or tile x
     ((3, 3), (1, 1), (1, 1), 0, False),
     ((3, 3), (2, 2), (1, 1), 1, True),
     ((2, 3), (1, 2), (2, 1), (1, 1), True),
+    ((1, 2), (1, 2), (1, 1), 0, False),
 ]
 
 
@@ -476,6 +478,45 @@ def test_max_pool_ties_go_to_first_maximum(window, stride, dilation, padding, ce
     np.testing.assert_allclose(grads["x"], ref_dx, rtol=1e-13, atol=1e-13)
     # the whole gradient is routed, nothing split or lost
     np.testing.assert_allclose(grads["x"].sum(), G.sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("window,stride,tiles", [((2, 2), (2, 2), True), ((1, 3), (1, 3), True),
+                                                 ((3, 3), (2, 2), False),
+                                                 ((2, 2), (2, 2), False)])
+def test_windows_that_tile_the_input_assign_its_gradient(window, stride, tiles):
+    """Windows that tile the input (stride = window, sizes divisible) write each element of
+    its gradient once: the gradient is assigned, with no zeroing pass before; strided
+    windows that overlap, or leave a row out (a 7-row input), add into a zeroed one."""
+    g = convc.Graph("tiling")
+    x = g.input("x", (None, 2, 6 if tiles else 7, 6))
+    g.output(g.max_pool(x, window, stride=stride))
+    lowered = convc.lower(g, grad=["x"])
+    zeroed = {c.tensor for s in lowered.steps if s.role == "start" for c in s.comps}
+    (dinput,) = lowered.derivatives("pool0")
+    assert ("grad:x" not in zeroed) == tiles
+    assert all(("+=" in c.text()) != tiles for c in dinput.comps)
+
+
+def test_a_seed_that_nothing_adds_to_is_read_in_place():
+    """The gradient given for the last layer's output is read where it lies; an output that
+    another node also reads gets its own gradient, starting as a copy of the seed."""
+    g = convc.Graph("seeds")
+    x = g.input("x", (None, 2, 6))
+    h = g.conv(x, channels=3, kernel=3, name="last")
+    g.output(h, g.relu(h, name="also"))
+    lowered = convc.lower(g, grad=["x"])
+    start = [c for s in lowered.steps if s.role == "start" for c in s.comps]
+    assert [c.tensor for c in start] == ["grad:last"]  # "also" is read in place
+    (relu,) = lowered.derivatives("also")
+    assert "seed:also" in relu.comps[0].inputs() and "grad:also" not in lowered.buffers
+    alone = convc.lower(conv_graph_1d(), grad=["x"])
+    assert all(s.role != "start" for s in alone.steps) and "grad:conv0" not in alone.buffers
+
+
+def conv_graph_1d():
+    g = convc.Graph("alone")
+    g.output(g.conv(g.input("x", (None, 2, 6)), channels=3, kernel=3))
+    return g
 
 
 def test_global_max_pool_ties_go_to_first_maximum():
@@ -798,7 +839,8 @@ def test_explain_of_a_strided_dilated_padded_convolution_shows_g_and_h_with_boun
     assert "(eq. 9.11)" in derived["dweight"] and "(eq. 9.13)" in derived["dinput"]
     assert "1 <= u2 < 6" in derived["dinput"] and "where 0 <= u2 - t2 < 5" in derived["dinput"]
     loops = text.split("LOOPS     dinput:")[1].split("\nC ")[0]
-    assert re.search(r"for t2 in \[Max\(0, u2 - 4\), Min\(3, u2 \+ 1\)\)", loops), loops
+    # h runs as columns and their shifted sums (convc.col2im), counted from u2 = 0
+    assert re.search(r"for t2 in \[Max\(0, u2 - 3\), Min\(3, u2 \+ 2\)\)", loops), loops
 
 
 # -- 9. training --------------------------------------------------------------------------------

@@ -185,9 +185,11 @@ def test_a_layer_can_choose_its_own_algorithm():
 
 
 @pytest.mark.parametrize("kind", ["avg", "max", "depthwise"])
-def test_short_windows_accumulate_whole_rows(kind):
-    """A pooling window or a depthwise kernel: the output row is the innermost loop, each
-    window point adds (or maxes) a row into it, then an average divides; same numbers."""
+def test_short_windows_are_summed_in_registers_along_the_row(kind):
+    """A pooling window or a depthwise kernel: inside the output row's loop each point sums
+    (or maxes) its whole window, unrolled, and is stored once; the row's first and last
+    points, whose windows reach the padding, run in border loops of their own. Same
+    numbers as numpy."""
     g = convc.Graph("rows")
     x = g.input("x", (None, 3, 5, 24))
     if kind == "avg":
@@ -198,8 +200,12 @@ def test_short_windows_accumulate_whole_rows(kind):
         g.output(g.conv(x, channels=3, kernel=3, padding=1, groups=3, bias=False))
     net = convc.compile(g, "float64")
     body = function(net.source, net.lowered.functions[net.lowered.steps[0]])
-    assert re.search(r"for \(int64_t i1 = [^;]*; i1 < [^;]*; \+\+i1\) \{\n\s+\w+\[[^\n]*\] = ",
-                     body), body  # i1 innermost, storing into the output
+    interior = (r"for \(int64_t i1 = 1; i1 < 23; \+\+i1\) \{\n\s+double acc = [^\n]*\n"
+                r"\s+#pragma GCC unroll 3\n\s+for \(int64_t m0 = 0; m0 < 3; \+\+m0\) \{\n"
+                r"\s+#pragma GCC unroll 3\n")
+    assert re.search(interior, body), body
+    assert re.search(r"for \(int64_t i1 = 0; i1 < 1; \+\+i1\)", body)  # the border
+    assert "i1 = 23; i1 < 24;" in body
     rng = np.random.default_rng(0)
     xs = rng.standard_normal((2, 3, 5, 24))
     padded = np.pad(xs, ((0, 0), (0, 0), (1, 1), (1, 1)),

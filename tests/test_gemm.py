@@ -5,7 +5,8 @@ K-term dot product. The shapes straddle each variant's tile edges (MR x NR of 8 
 and 4 x 8 floats, half as many columns of doubles, and the half-size edge kernels) and its
 blocking (K in blocks of at most 256, 144 rows of A, 1024 columns of B). Operands are
 row-major, column-major, transposed and strided views, shared by the batch (batch stride 0)
-or not; C accumulates, and what lies outside its M x N window is left alone. The variants the
+or not; C accumulates or (``accumulate`` 0) is overwritten without being read, and what lies
+outside its M x N window is left alone. The variants the
 CPU does not pick are built and checked too, and a child process runs the product under ASan
 and UBSan.
 """
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 from convc.build import build_library
 
 REPO = Path(__file__).resolve().parent.parent
-ARGS = ("int threads, int64_t batch, int64_t M, int64_t N, int64_t K, "
+ARGS = ("int threads, int accumulate, int64_t batch, int64_t M, int64_t N, int64_t K, "
         "const {t} *A, int64_t sa, int64_t rsa, int64_t csa, "
         "const {t} *B, int64_t sb, int64_t rsb, int64_t csb, "
         "{t} *C, int64_t sc, int64_t rsc, int64_t csc")
@@ -41,22 +42,26 @@ def lib():
     return build_library(SOURCE, CDEF).module
 
 
-def call(module, A, B, C, threads=1) -> int:
-    """``C[b] += A[b] @ B[b]`` through the C function; A, B, C are 3-D arrays or views."""
+def call(module, A, B, C, threads=1, accumulate=True) -> int:
+    """``C[b] += A[b] @ B[b]`` (``C[b] = A[b] @ B[b]`` unless ``accumulate``) through the C
+    function; A, B, C are 3-D arrays or views."""
     ffi, lib = module.ffi, module.lib
     name, ctype = {4: ("convc_gemm_f32", "float *"), 8: ("convc_gemm_f64", "double *")}[C.itemsize]
     batch, M, K = A.shape
-    args = [threads, batch, M, B.shape[2], K]
+    args = [threads, int(accumulate), batch, M, B.shape[2], K]
     for x in (A, B, C):
         # The address of element (0, 0, 0), and the strides in elements.
         args += [ffi.cast(ctype, x.ctypes.data), *(s // x.itemsize for s in x.strides)]
     return getattr(lib, name)(*args)
 
 
-def check(module, A, B, C):
-    """Runs the product into C and compares it with numpy within the K-term rounding bound."""
-    C0 = C.astype(np.float64)
-    assert call(module, A, B, C) == OK
+def check(module, A, B, C, accumulate=True):
+    """Runs the product into C and compares it with numpy within the K-term rounding bound.
+    Unless ``accumulate``, C starts as NaN, which must not reach the result."""
+    C0 = C.astype(np.float64) if accumulate else np.zeros(C.shape)
+    if not accumulate:
+        C[...] = np.nan
+    assert call(module, A, B, C, accumulate=accumulate) == OK
     A, B = A.astype(np.float64), B.astype(np.float64)
     # |fl(c + a.b) - (c + a.b)| <= (K + 1) u (|c| + |a|.|b|), u = eps / 2, with or without FMA
     bound = (A.shape[2] + 2) * np.finfo(C.dtype).eps * (np.abs(C0) + np.abs(A) @ np.abs(B))
@@ -98,10 +103,12 @@ EDGES = [
 ]
 
 
+@pytest.mark.parametrize("accumulate", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M,N,K", EDGES)
-def test_edge_shapes(lib, M, N, K, dtype):
-    check(lib, *operands(np.random.default_rng(M * 10007 + N * 101 + K), M, N, K, 1, dtype))
+def test_edge_shapes(lib, M, N, K, dtype, accumulate):
+    rng = np.random.default_rng(M * 10007 + N * 101 + K)
+    check(lib, *operands(rng, M, N, K, 1, dtype), accumulate)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -112,6 +119,7 @@ def test_layouts(lib, kinds, dtype):
     rng = np.random.default_rng(7)
     for M, N, K in [(10, 40, 30), (33, 70, 260), (7, 9, 5)]:
         check(lib, *operands(rng, M, N, K, 2, dtype, kinds))
+        check(lib, *operands(rng, M, N, K, 2, dtype, kinds), accumulate=False)
 
 
 def test_transposed_views(lib):
@@ -131,6 +139,7 @@ def test_batch_with_shared_operands(lib, shared, dtype):
         A = np.broadcast_to(A[0], A.shape) if "A" in shared else A  # batch stride 0
         B = np.broadcast_to(B[0], B.shape) if "B" in shared else B
         check(lib, A, B, C)
+        check(lib, A, B, C, accumulate=False)
 
 
 def test_shared_operand_too_big_to_pack_once(lib):
@@ -173,10 +182,20 @@ def test_empty_sizes_leave_c_unchanged(lib, dtype):
     np.testing.assert_array_equal(C, before)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_sum_overwrites_c_with_zeros(lib, dtype):
+    """K = 0 without ``accumulate``: C = A·B is the empty sum, 0, inside its window only."""
+    big = np.full((2, 7, 9), 5.0, dtype)
+    C = big[:, 1:6, 2:8]
+    assert call(lib, np.zeros((2, 5, 0), dtype), np.zeros((2, 0, 6), dtype), C,
+                accumulate=False) == OK
+    assert np.all(C == 0) and np.sum(big == 5.0) == big.size - C.size
+
+
 def test_negative_size_is_an_error(lib):
     null = lib.ffi.NULL
     for sizes in [(-1, 2, 2, 2), (1, -2, 2, 2), (1, 2, -2, 2), (1, 2, 2, -1)]:
-        status = lib.lib.convc_gemm_f32(1, *sizes, null, 0, 0, 0, null, 0, 0, 0, null, 0, 0, 0)
+        status = lib.lib.convc_gemm_f32(1, 1, *sizes, null, 0, 0, 0, null, 0, 0, 0, null, 0, 0, 0)
         assert status == ERR_SIZE
 
 
@@ -278,6 +297,7 @@ for dtype in t.DTYPES:
             A, B, C = t.operands(rng, M, N, K, 2, dtype, kinds)
             t.check(module, A, B, C)
             t.check(module, np.broadcast_to(A[0], A.shape), B, C)
+            t.check(module, A, B, C, accumulate=False)
 print("ok")
 """
 
@@ -287,26 +307,31 @@ def test_runs_clean_under_asan_and_ubsan():
     run_clean(CHILD.format(tests=str(Path(__file__).resolve().parent)))
 
 
-@pytest.mark.parametrize("threads", [2, 3, 8])
+@pytest.mark.parametrize("accumulate", [True, False])
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
 @pytest.mark.parametrize("shared_c", [False, True])
-def test_threads_share_the_batch(lib, threads, shared_c):
+def test_threads_share_the_batch(lib, threads, shared_c, accumulate):
     """Each thread takes a share of the batch; a C shared by the batch (stride 0) gets the
-    sum of every product, the same for every run at one thread count."""
+    sum of every product, the same for every run at one thread count. Without
+    ``accumulate`` the first product of the batch overwrites C (NaN before)."""
     rng = np.random.default_rng(threads)
     A = random(rng, (5, 9, 33), np.float32)
     B = random(rng, (5, 33, 40), np.float32)
+    start = 0.0 if accumulate else np.nan
     if shared_c:
-        C = np.zeros((9, 40), np.float32)
+        C = np.full((9, 40), start, np.float32)
         view = np.lib.stride_tricks.as_strided(C, (5, 9, 40), (0, *C.strides))
-        assert call(lib, A, B, view, threads) == OK
+        assert call(lib, A, B, view, threads, accumulate) == OK
         expected = np.einsum("bik,bkj->ij", A.astype(np.float64), B.astype(np.float64))
         np.testing.assert_allclose(C, expected, rtol=1e-5, atol=1e-4)
-        again = np.zeros_like(C)
+        again = np.full_like(C, start)
         view = np.lib.stride_tricks.as_strided(again, (5, 9, 40), (0, *again.strides))
-        assert call(lib, A, B, view, threads) == OK
+        assert call(lib, A, B, view, threads, accumulate) == OK
         np.testing.assert_array_equal(again, C)
     else:
         C = random(rng, (5, 9, 40), np.float32)
-        expected = C.astype(np.float64) + A.astype(np.float64) @ B.astype(np.float64)
-        assert call(lib, A, B, C, threads) == OK
+        expected = A.astype(np.float64) @ B.astype(np.float64)
+        expected += C if accumulate else 0
+        C[...] = C if accumulate else np.nan
+        assert call(lib, A, B, C, threads, accumulate) == OK
         np.testing.assert_allclose(C, expected, rtol=1e-5, atol=1e-4)

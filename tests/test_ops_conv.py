@@ -74,7 +74,8 @@ def conv_cases(draw, rank):
     specs = draw(st.lists(conv_spec(sizes, cin), min_size=1, max_size=2))
     return dict(sizes=sizes, cin=cin, specs=specs, dtype=draw(st.sampled_from(list(DTYPES))),
                 batch=draw(st.integers(1, 3)), seed=draw(st.integers(0, 2**16)),
-                algorithm=draw(st.sampled_from(["direct", "gemm", "fft", "winograd"])))
+                algorithm=draw(st.sampled_from(["direct", "gemm", "fft", "winograd",
+                                                "col2im"])))
 
 
 # -- helpers -----------------------------------------------------------------------------------

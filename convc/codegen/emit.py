@@ -83,6 +83,8 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, threads: int = 1) -
             head.insert(0, f"{indent}#pragma omp parallel for num_threads({threads})")
         elif stmt.kind is LoopKind.VECTOR:
             head.insert(0, f"{indent}#pragma omp simd reduction(+:{ACC})")
+        elif stmt.kind is LoopKind.UNROLL:
+            head.insert(0, f"{indent}#pragma GCC unroll {stop}")
         body = [line for s in stmt.body for line in emit_stmt(s, printer, buffers,
                                                                indent + INDENT, threads)]
         nested = any(isinstance(s, Loop) for s in stmt.body)
@@ -117,11 +119,12 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, threads: int = 1) -
 
 def _emit_gemm(gemm: Gemm, printer: CPrinter, buffers, indent: str, threads: int
                ) -> list[str]:
-    """``C += A·B`` by the runtime; a failure (no memory to pack into) returns its code."""
+    """``C += A·B`` (or ``C = A·B``) by the runtime; a failure (no memory to pack into)
+    returns its code."""
     i = printer.doprint_int
     suffix = "f32" if printer.float_type == "float" else "f64"
     batch = i(gemm.batch.extent) if gemm.batch else "1"
-    args = [str(threads), batch, i(gemm.m), i(gemm.n), i(gemm.k),
+    args = [str(threads), str(int(gemm.accumulate)), batch, i(gemm.m), i(gemm.n), i(gemm.k),
             *_views((gemm.a, gemm.b, gemm.c), printer, buffers)]
     call = f"convc_gemm_{suffix}({', '.join(args)})"
     return [f"{indent}/* {c_comment(gemm.describe())} */",

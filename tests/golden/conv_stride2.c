@@ -55,7 +55,7 @@ static int convc_conv_stride2_conv0_fwd(int64_t N, const float *restrict x, cons
         } /* i0 */
     } /* n */
     /* gemm 3x12x18 x N (batch n); packed conv0~b */
-    if (convc_gemm_f32(2, N, 3, 12, 18, conv0_weight, 0, 18, 1, conv0_b, 216, 1, 18, conv0, 36, 12, 1) != CONVC_OK)
+    if (convc_gemm_f32(2, 1, N, 3, 12, 18, conv0_weight, 0, 18, 1, conv0_b, 216, 1, 18, conv0, 36, 12, 1) != CONVC_OK)
         return CONVC_ERR_NOMEM;
     return CONVC_OK;
 }

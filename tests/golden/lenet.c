@@ -31,7 +31,7 @@ static int convc_lenet_conv0_fwd(int64_t N, const float *restrict x, const float
         } /* m0 */
     } /* n */
     /* gemm 2x36x9 x N (batch n); packed conv0~b */
-    if (convc_gemm_f32(2, N, 2, 36, 9, conv0_weight, 0, 9, 1, conv0_b, 324, 36, 1, conv0, 72, 36, 1) != CONVC_OK)
+    if (convc_gemm_f32(2, 1, N, 2, 36, 9, conv0_weight, 0, 9, 1, conv0_b, 324, 36, 1, conv0, 72, 36, 1) != CONVC_OK)
         return CONVC_ERR_NOMEM;
     return CONVC_OK;
 }
@@ -99,7 +99,7 @@ static int convc_lenet_dense0_fwd(int64_t N, const float *restrict flatten0, con
         }
     } /* n */
     /* gemm 3xNx18 */
-    if (convc_gemm_f32(2, 1, 3, N, 18, dense0_weight, 0, 18, 1, flatten0, 0, 1, 18, dense0, 0, 1, 3) != CONVC_OK)
+    if (convc_gemm_f32(2, 1, 1, 3, N, 18, dense0_weight, 0, 18, 1, flatten0, 0, 1, 18, dense0, 0, 1, 3) != CONVC_OK)
         return CONVC_ERR_NOMEM;
     return CONVC_OK;
 }

@@ -1,0 +1,94 @@
+"""Columns and shifted sums (`convc.col2im`): which contractions it takes, that they compute
+the same function, and when the cost model picks it.
+
+The hypothesis suites of test_ops_conv and test_autodiff draw ``algorithm="col2im"`` with
+the rest; here: forward, g and h of strided, dilated, grouped and 1-3 D convolutions
+against numpy, the one product that the phases of a strided input gradient share, and the
+choice between it and the other algorithms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from reference import conv, padding_pairs
+from test_autodiff import conv_grads_scatter
+
+import convc
+from convc.contract import Gemm
+
+WRT = ["x", "conv0.weight", "conv0.bias"]
+
+CASES = {
+    "stem_like": dict(cin=3, size=(13, 12), channels=5, kernel=(5, 4), stride=2, padding=2),
+    "audio_like": dict(cin=1, size=(40,), channels=6, kernel=(8,), stride=3, padding=0),
+    "dilated_groups": dict(cin=4, size=(9, 8), channels=6, kernel=(3, 2), stride=1,
+                           padding=((1, 0), (2, 1)), groups=2, dilation=2),
+    "volume": dict(cin=2, size=(5, 6, 4), channels=3, kernel=(3, 3, 2), stride=(1, 2, 1),
+                   padding=1),
+}
+
+
+def conv_graph(cin, size, channels, kernel, stride=1, padding=0, groups=1, dilation=1):
+    g = convc.Graph("cols")
+    x = g.input("x", (None, cin, *size))
+    g.output(g.conv(x, channels=channels, kernel=kernel, stride=stride, padding=padding,
+                    groups=groups, dilation=dilation))
+    return g
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_values_and_gradients_match_the_references(case):
+    c = CASES[case]
+    net = convc.compile(conv_graph(**c), "float64", grad=WRT, algorithm="col2im")
+    assert "col2im" in net.explain()
+    rank = len(c["size"])
+    stride, dilation = (tuple(np.broadcast_to(c.get(k, 1), rank)) for k in ("stride",
+                                                                              "dilation"))
+    rng = np.random.default_rng(len(case))
+    groups = c.get("groups", 1)
+    x = rng.standard_normal((2, c["cin"], *c["size"]))
+    w = rng.standard_normal((c["channels"], c["cin"] // groups, *c["kernel"]))
+    b = rng.standard_normal(c["channels"])
+    pads = padding_pairs(c["padding"], c["size"], c["kernel"], stride, dilation)
+    out, _ = net(x=x, **{"conv0.weight": w, "conv0.bias": b})
+    expected = conv(x, w, b, stride, pads, dilation, groups)
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
+    G = rng.standard_normal(out.shape)
+    _, grads = net(x=x, **{"conv0.weight": w, "conv0.bias": b, "grad:conv0": G})
+    dx, dw, db = conv_grads_scatter(x, w, G, stride, dilation, pads, groups)
+    np.testing.assert_allclose(grads["x"], dx, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(grads["conv0.weight"], dw, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(grads["conv0.bias"], db, rtol=1e-10, atol=1e-10)
+
+
+def _products(lowered, role):
+    step = next(s for s in lowered.steps if s.node == "conv0" and s.role == role)
+    return [p for p in lowered.parts[step] if isinstance(p, Gemm)], lowered.algorithms[step]
+
+
+def test_phases_of_a_strided_input_gradient_share_one_product():
+    """At stride 2 the input gradient is four phases, each reading every other tap; their
+    columns are one product whose rows are the input channels times all 7x7 taps, and the
+    output gradient is read in place."""
+    g = conv_graph(cin=3, size=(30, 30), channels=16, kernel=7, stride=2, padding=3)
+    lowered = convc.lower(g, grad=["x"], algorithm="col2im")
+    products, used = _products(lowered, "dinput")
+    assert used == ("col2im",) * 4
+    assert len(products) == 1
+    assert products[0].m == 3 * 49 and products[0].k == 16
+    assert products[0].b.tensor == "grad:conv0"  # in place: not packed
+    assert not products[0].accumulate  # the columns are written, not zeroed then added to
+
+
+@pytest.mark.parametrize("case,expected", [
+    (dict(cin=3, size=(64, 64), channels=64, kernel=7, stride=2, padding=3), "col2im"),
+    (dict(cin=1, size=(2000,), channels=32, kernel=64, stride=4), "col2im"),
+    (dict(cin=32, size=(16, 16), channels=32, kernel=3, stride=2, padding=1), "gemm"),
+])
+def test_cost_model_takes_columns_where_the_input_has_few_channels(case, expected):
+    """An input gradient with 1 or 3 channels is a product of 1 or 3 rows taken directly;
+    as columns its rows are the channels times the taps. With many channels the direct
+    product already has its rows."""
+    _, used = _products(convc.lower(conv_graph(**case), grad=["x"]), "dinput")
+    assert set(used) == {expected}
