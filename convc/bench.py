@@ -19,8 +19,10 @@ It measures, in one run and printed as plain-text tables:
 Every time is a median: each case runs once to warm up, then again until ``--repeat`` runs
 or 0.5 s are spent, at least 3 times (a call over 0.25 s is its own warm-up). PyTorch runs in a
 subprocess of the same run, after convc, one case at a time, so the two never share the cores;
-its figures come back as JSON on stdout. A backward pass is timed as the median of the module
-that runs forward and backward, less the median of the forward module.
+its figures come back as JSON on stdout. Both sides run with the same malloc settings (large
+arrays from the heap, freed memory kept: `same_malloc_settings`), so that neither pays for
+faulting in fresh pages of its outputs on every call. A backward pass is timed as the median
+of the module that runs forward and backward, less the median of the forward module.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ SECTIONS = ("peak", "layers", "pool", "compile", "digits", "fft")
 DEFAULT_REPEAT = 10
 BUDGET_S = 0.5          # stop repeating a case once this much time is spent (>= 3 runs)
 SELF_WARMING_S = 0.25   # a first call this slow counts as a run: no separate warm-up
-PEER_ENV = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:"
-                              "glibc.malloc.trim_threshold=4294967296"}
+MMAP_THRESHOLD, TRIM_THRESHOLD = 33554432, 4294967296
+PEER_ENV = {"GLIBC_TUNABLES": f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}:"
+                              f"glibc.malloc.trim_threshold={TRIM_THRESHOLD}"}
 NA, NONE = "n/a", "—"
 
 
@@ -641,9 +644,26 @@ def _choices(parser, option: str, value: str, known) -> list[str]:
     return chosen
 
 
+def same_malloc_settings() -> bool:
+    """Give this process the malloc settings of the PyTorch peer (`PEER_ENV`), through
+    glibc's ``mallopt``: arrays up to 32 MB come from the heap and freed memory is kept,
+    so that a module's fresh output arrays do not fault in new pages on every call on one
+    side only. False where the C library has no ``mallopt``."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD)
+                and mallopt(m_trim_threshold, min(TRIM_THRESHOLD, 2**31 - 1)))
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the benchmark, print its tables and return every figure (also ``--json``)."""
     args = parse_args(argv)
+    same_malloc_settings()
     started = time.perf_counter()
     version = None if args.no_torch else torch_version()
     machine = machine_line(version)

@@ -133,9 +133,9 @@ def cost(comp: Comprehension, shapes: dict[str, tuple]) -> float:
 
 def direct_rate(comp: Comprehension, shapes) -> float:
     """What a multiply-add costs in direct loops, in multiply-adds of a full GEMM tile: 4
-    for a short window that adds whole rows of 64 or more (vectorised; a shorter row pays
-    its loop overhead in proportion), 96 for a gathered sum bounded by its constraints,
-    else 32."""
+    for a short window summed along rows of 64 or more, or a long sum into a few outputs
+    held in registers (vectorised; a shorter row pays its loop overhead in proportion),
+    96 for a gathered sum bounded by its constraints, else 32."""
     from .lower import row_length
 
     row = row_length(comp, shapes)

@@ -13,6 +13,7 @@ the comprehension, never off the op:
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 
@@ -37,13 +38,22 @@ def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple]) -> tuple[
     of its free variables is written by one iteration only, so they never race.
     """
     comp = _collapse(_fold_single_points(comp), shapes)
+    registers = _outputs_in_registers(comp, shapes)
+    if registers is not None:
+        return _parallel(comp, registers)
     windowed = _windowed(comp, shapes)
     passes = [] if windowed else _reduction_outside(comp, shapes) or [comp]
     nest = windowed or tuple(s for c in passes for s in _serial_nest(c, shapes))
-    if not comp.free or _work(comp) < PARALLEL_WORK:
-        return nest
     if len(passes) > 1 and len(comp.free) == 1:
         return nest  # the accumulating pass's outer loop is a reduced variable
+    return _parallel(comp, nest)
+
+
+def _parallel(comp: Comprehension, nest: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
+    """The nest with its outermost loops shared by threads, when it is large enough (the
+    outermost loops of a nest run over free variables: each writes its own outputs)."""
+    if not comp.free or _work(comp) < PARALLEL_WORK:
+        return nest
     return tuple(replace(s, kind=LoopKind.PARALLEL) if isinstance(s, Loop) else s
                  for s in nest)
 
@@ -51,10 +61,17 @@ def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple]) -> tuple[
 SHORT_REDUCTION = 64
 """The most points a reduction may have to be moved outside the innermost free loop."""
 
+SHORT_WINDOW = 27
+"""The most points a window may have to be summed in registers (`_windowed`): a longer one
+chains too many dependent additions per output; it adds whole rows instead."""
+
 
 def row_length(comp: Comprehension, shapes) -> float:
-    """The row along which a short window runs vectorised (see `_windowed` and
-    `_reduction_outside`), or 0 when it does not run that way."""
+    """The row along which a short window (see `_windowed` and `_reduction_outside`) or a
+    sum into few outputs (`_outputs_in_registers`) runs vectorised, or 0 when it does not
+    run that way."""
+    if _register_dims(comp, shapes) is not None:
+        return estimate(comp.reduced[-1].stop)
     if _windowed(comp, shapes) is None and _reduction_outside(comp, shapes) is None:
         return 0.0
     return estimate(comp.free[-1].stop)
@@ -74,6 +91,8 @@ def _windowed(comp: Comprehension, shapes) -> tuple[Stmt, ...] | None:
         comp = _bounds_as_fill(comp, shapes)
     if not _short_window(comp, shapes) or comp.where:
         return None
+    if math.prod(int(d.stop) for d in comp.reduced) > SHORT_WINDOW:
+        return None
     bounds = {d.var: (d.start, d.stop) for d in comp.variables}
     free = [d.var for d in comp.free]
     interior: dict[sympy.Symbol, tuple] = {}
@@ -84,7 +103,7 @@ def _windowed(comp: Comprehension, shapes) -> tuple[Stmt, ...] | None:
         if unsafe and (fill is None or not _annihilates(comp, access, fill)):
             return None
         for axis in unsafe:
-            found = _whole_window(comp, axis, free)
+            found = _whole_window(comp, axis, free, comp.reduced)
             if found is None or not _clip(comp, axis, dict(bounds)):
                 return None
             v, lo, hi = found
@@ -118,20 +137,129 @@ def _windowed(comp: Comprehension, shapes) -> tuple[Stmt, ...] | None:
     return nest(0, set())
 
 
-def _whole_window(comp: Comprehension, axis, free) -> tuple | None:
-    """For an index ``a·v + b·m + c`` (``v`` free, ``m`` the window's), the range of ``v``
-    where it stays inside its axis for every ``m``: ``(v, start, stop)``."""
+def _whole_window(comp: Comprehension, axis, loops, window) -> tuple | None:
+    """For an index ``a·v + b·m + c`` (``v`` among ``loops``, ``m`` among the `Dim`s of
+    ``window``), the range of ``v`` where it stays inside its axis for every ``m``:
+    ``(v, start, stop)``."""
     idx, size = axis
-    variables = [d.var for d in comp.variables]
-    coeffs, const = affine_terms(idx, variables)
-    mine = [v for v in coeffs if v in free]
-    window = [d for d in comp.reduced if d.var in coeffs]
-    if len(mine) != 1 or len(window) != 1 or len(coeffs) != 2:
+    coeffs, const = affine_terms(idx, [d.var for d in comp.variables])
+    mine = [v for v in coeffs if v in loops]
+    ms = [d for d in window if d.var in coeffs]
+    if len(mine) != 1 or len(ms) != 1 or len(coeffs) != 2:
         return None
-    v, m = mine[0], window[0]
+    v, m = mine[0], ms[0]
     low, high = sorted((0, coeffs[m.var] * (m.stop - 1)))
     start, stop = solve_inside(coeffs[v], const + low, size - (high - low))
     return v, start, stop
+
+
+REGISTER_OUTPUTS = 16
+"""The most outputs `_outputs_in_registers` keeps in registers at once."""
+
+ACCUMULATORS = tuple(sympy.Symbol(f"acc{i}") for i in range(REGISTER_OUTPUTS))
+
+
+def _outputs_in_registers(comp: Comprehension, shapes) -> tuple[Stmt, ...] | None:
+    """A sum with few outputs per point of its outer free variables, over a long
+    contiguous reduction (a depthwise kernel's gradient: 9 taps per channel, each summed
+    over every image and position): the few outputs become accumulators inside the
+    reduction's vector loop, which reads each input once for all of them instead of once
+    per output.
+
+    Where a read can leave its tensor along a reduced variable (padding), that variable's
+    loop runs in three parts: the border, where the read is tested (reading the fill, which
+    adds nothing), the interior, where it is inside for every output, and the border after.
+    None when the comprehension is not of that shape.
+    """
+    small = _register_dims(comp, shapes)
+    if small is None:
+        return None
+    comp = _bounds_as_fill(comp, shapes)
+    reduced = [d.var for d in comp.reduced]
+    interior: dict[sympy.Symbol, tuple] = {}
+    tested = []  # (access, axis, the reduced variable whose border tests it)
+    for access in comp.accesses():
+        unsafe = [] if access in comp.inside else _unsafe_axes(comp, access, shapes)
+        for axis in unsafe:
+            found = _whole_window(comp, axis, reduced, small)
+            if found is None:
+                return None
+            v, lo, hi = found
+            start, stop = interior.get(v, (0, next(d.stop for d in comp.reduced
+                                                   if d.var == v)))
+            interior[v] = (sympy.Max(start, lo), sympy.Min(stop, hi))
+            tested.append((access, axis, v))
+    points = [dict(zip([d.var for d in small], p))
+              for p in itertools.product(*(range(int(d.stop)) for d in small))]
+    accs = ACCUMULATORS[:len(points)]
+
+    def updates(inside: set) -> tuple[Stmt, ...]:
+        guards = {}
+        for access, (idx, size), v in tested:
+            if v not in inside:
+                holds = sympy.And(idx >= 0, idx < size)
+                guards[access] = sympy.Piecewise(
+                    (guards.get(access, access), holds), (comp.fill_of(
+                        str(access.base.label)), True))
+        body = comp.body.xreplace(guards)
+        return tuple(Update(a, Reduction.SUM, body.xreplace(p)) for a, p in zip(accs, points))
+
+    def nest(i: int, inside: set) -> tuple[Stmt, ...]:
+        if i == len(comp.reduced):
+            return updates(inside)
+        d = comp.reduced[i]
+        kind = LoopKind.VECTOR if i == len(comp.reduced) - 1 else LoopKind.SERIAL
+        if d.var not in interior:
+            return (Loop(d.var, d.start, d.stop, nest(i + 1, inside), kind),)
+        lo = sympy.Max(d.start, sympy.Min(interior[d.var][0], d.stop))
+        hi = sympy.Max(lo, sympy.Min(interior[d.var][1], d.stop))
+        loops = (Loop(d.var, d.start, lo, nest(i + 1, inside), kind),
+                 Loop(d.var, lo, hi, nest(i + 1, inside | {d.var}), kind),
+                 Loop(d.var, hi, d.stop, nest(i + 1, inside), kind))
+        return tuple(loop for loop in loops if not is_proven(loop.start >= loop.stop))
+
+    init = comp.init if comp.init is not None else sympy.Integer(0)
+    stmts: tuple[Stmt, ...] = (
+        *(Let(a, init.xreplace(p)) for a, p in zip(accs, points)), *nest(0, set()),
+        *(Store(comp.output.xreplace(p), a) for a, p in zip(accs, points)))
+    outer = comp.free[:len(comp.free) - len(small)]
+    if not outer:
+        return (Block(stmts),)
+    for d in reversed(outer):
+        stmts = (Loop(d.var, d.start, d.stop, stmts),)
+    return stmts
+
+
+def _register_dims(comp: Comprehension, shapes) -> list[Dim] | None:
+    """The innermost free variables that `_outputs_in_registers` moves inside the sum: of
+    constant extents, 2 to `REGISTER_OUTPUTS` points; None when the comprehension is not a
+    plain sum over a box whose innermost reduced variable reads in steps of 0 or 1 (for at
+    least 16 points), or a read can leave its tensor along a free variable."""
+    if comp.reduction is not Reduction.SUM or comp.final is not None or not comp.reduced:
+        return None
+    comp = _bounds_as_fill(comp, shapes)
+    loop_vars = {d.var for d in comp.variables}
+    if comp.where or any(d.start != 0 or d.stop.free_symbols & loop_vars
+                         for d in comp.variables):
+        return None
+    if not _contiguous(comp, shapes):
+        return None
+    small, count = [], 1
+    for d in reversed(comp.free):
+        if not d.stop.is_number or count * int(d.stop) > REGISTER_OUTPUTS:
+            break
+        small.insert(0, d)
+        count *= int(d.stop)
+    if count < 2:
+        return None
+    for access in comp.accesses():
+        if access in comp.inside:
+            continue
+        fill = comp.fill_of(str(access.base.label))
+        unsafe = _unsafe_axes(comp, access, shapes)
+        if unsafe and (fill is None or not _annihilates(comp, access, fill)):
+            return None
+    return small
 
 
 def _short_window(comp: Comprehension, shapes) -> bool:

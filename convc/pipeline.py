@@ -26,7 +26,7 @@ from .ir.comprehension import ACC, ARG, Comprehension, Reduction
 from .loops import Kernel
 from .autodiff import Names, derive
 from .contract import ALGORITHMS, Gemm, Part, plan
-from .lower import lower_node
+from .lower import ACCUMULATORS, lower_node
 from . import col2im, spectral, winograd
 from .ops import fmt
 from .ops.source import Constant, Input, Param
@@ -363,6 +363,7 @@ def _buffers(graph, nodes, parts, grads, seeds, float_type, shapes) -> dict[str,
     comps = [p for p in parts if isinstance(p, Comprehension)]
     reserved = {str(d.var) for c in comps for d in c.variables}
     # the C's own locals: the accumulator, the argmax, the entry's status and workspace
+    reserved |= {str(a) for a in ACCUMULATORS}
     reserved |= {str(ACC), str(ARG), "v", "status", "done", "scratch", "next", "workspace",
                  "fft_scratch"}
     reserved |= {str(s) for n in nodes for s in _symbols(n)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import platform
 
 import numpy as np
 import pytest
@@ -111,6 +112,12 @@ def test_algorithm_read_from_explain():
     assert bench.chosen_algorithm(text, "conv1", "fwd") == "winograd"
     assert bench.chosen_algorithm(text, "conv2", "dinput") == "fft"
     assert bench.chosen_algorithm(text, "conv3", "fwd") == "direct"  # no such node
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_this_process_gets_the_peers_malloc_settings():
+    """glibc takes both settings (mallopt returns 1 for each)."""
+    assert bench.same_malloc_settings()
 
 
 def test_unknown_layer_is_refused(capsys):

@@ -77,7 +77,7 @@ def test_phases_of_a_strided_input_gradient_share_one_product():
     assert used == ("col2im",) * 4
     assert len(products) == 1
     assert products[0].m == 3 * 49 and products[0].k == 16
-    assert products[0].b.tensor == "grad:conv0"  # in place: not packed
+    assert products[0].b.tensor == "seed:conv0"  # the seed itself, in place
     assert not products[0].accumulate  # the columns are written, not zeroed then added to
 
 

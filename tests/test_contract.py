@@ -44,7 +44,7 @@ def test_kernel_and_input_gradients_are_products_too():
     # 9.11 per image, the images summed into one C: the output gradient read in place,
     # the input's im2col the forward pass made read again (transposed), nothing packed
     assert (g.m, g.n, g.k) == (32, 144, 64) and str(g.batch.var) == "n" and g.c.batch == 0
-    assert g.a.tensor == "grad:conv0" and g.b.tensor == "conv0~b"
+    assert g.a.tensor == "seed:conv0" and g.b.tensor == "conv0~b"
     assert (g.b.rows, g.b.cols) == (1, 64)
     fwd_step, g_step = (s for s in lowered.steps if s.node == "conv0" and s.role in
                         ("fwd", "dweight"))
@@ -223,3 +223,34 @@ def test_short_windows_are_summed_in_registers_along_the_row(kind):
         expected = np.einsum("ncijab,cab->ncij", windows, w[:, 0])
         got = net(x=xs, **{"conv0.weight": w})
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("groups,size", [(3, (7, 20)), (1, (30,))])
+def test_few_outputs_are_summed_in_registers(groups, size):
+    """A depthwise kernel's gradient (9 taps per channel, each a sum over every image and
+    position) keeps its taps in accumulators inside one vector loop over the positions;
+    the padding is tested in the border rows and columns only. Also with no channel loop
+    around it (one 1-D filter). Same numbers as the adjoint of numpy's correlation."""
+    g = convc.Graph("taps")
+    x = g.input("x", (None, groups, *size))
+    g.output(g.conv(x, channels=groups, kernel=3, padding=1, groups=groups, bias=False))
+    net = convc.compile(g, "float64", grad=["conv0.weight"], algorithm="direct")
+    step = net.lowered.derivatives("conv0")[0]
+    body = function(net.source, net.lowered.functions[step])
+    taps = 3 ** len(size)
+    sums = ",".join(f"acc{i}" for i in range(taps))
+    assert f"#pragma omp simd reduction(+:{sums})" in body
+    last = f"i{len(size) - 1}"
+    interior = body.split(f"for (int64_t {last} = 1; {last} < {size[-1] - 1}; ++{last})")
+    assert any("?" not in loop.split("}")[0] for loop in interior[1:])  # the one with no test
+    rng = np.random.default_rng(1)
+    xs = rng.standard_normal((2, groups, *size))
+    G = rng.standard_normal((2, groups, *size))
+    _, grads = net(x=xs, **{"conv0.weight": np.zeros((groups, 1, *(3,) * len(size))),
+                            "grad:conv0": G})
+    padded = np.pad(xs, [(0, 0), (0, 0)] + [(1, 1)] * len(size))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3,) * len(size),
+                                                       axis=tuple(range(2, 2 + len(size))))
+    spatial = "ij"[:len(size)]
+    expected = np.einsum(f"nc{spatial}...,nc{spatial}->c...", windows, G)[:, None]
+    np.testing.assert_allclose(grads["conv0.weight"], expected, rtol=1e-12, atol=1e-12)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import sympy
 
-from ..ir.comprehension import ACC, Reduction
+from ..ir.comprehension import Reduction
 from ..contract import Gemm
-from ..loops import ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Store, Update
+from ..loops import ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Store, Update, walk
 from ..spectral import Spectra, Transform
 from .cprinter import CPrinter
 from .names import c_comment
@@ -82,7 +82,8 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, threads: int = 1) -
         if stmt.kind is LoopKind.PARALLEL and threads > 1:
             head.insert(0, f"{indent}#pragma omp parallel for num_threads({threads})")
         elif stmt.kind is LoopKind.VECTOR:
-            head.insert(0, f"{indent}#pragma omp simd reduction(+:{ACC})")
+            sums = sorted({str(u.var) for u in walk(stmt.body) if isinstance(u, Update)})
+            head.insert(0, f"{indent}#pragma omp simd reduction(+:{','.join(sums)})")
         elif stmt.kind is LoopKind.UNROLL:
             head.insert(0, f"{indent}#pragma GCC unroll {stop}")
         body = [line for s in stmt.body for line in emit_stmt(s, printer, buffers,
