@@ -290,6 +290,27 @@ def test_float_bodies_match_sympy(tmp_path, dtype, ctype, rtol):
             assert float(next(got)) == pytest.approx(want, rel=rtol, abs=1e-30), (e, xv, a, b)
 
 
+def test_runtime_max_and_min_propagate_nan_from_either_argument(tmp_path):
+    """convc_fmax[f] and convc_fmin[f] return NaN when either argument is NaN, else the
+    larger (smaller) one; compared with Python's own comparisons."""
+    pairs = [("NAN", "1.0"), ("1.0", "NAN"), ("2.0", "3.0"), ("3.0", "2.0"),
+             ("-INFINITY", "5.0"), ("NAN", "NAN")]
+    calls = " ".join(f'printf("%f ", (double){fn}({a}, {b}));' for a, b in pairs
+                     for fn in ("convc_fmaxf", "convc_fminf", "convc_fmax", "convc_fmin"))
+    source = ("#include <stdio.h>\n#include <math.h>\n#include \"convc_runtime.h\"\n"
+              "int main(void) { " + calls + " return 0; }\n")
+    got = iter(float(v) for v in run_c(source, tmp_path))
+    value = {"NAN": math.nan, "-INFINITY": -math.inf}
+    for a, b in pairs:
+        a, b = (value[v] if v in value else float(v) for v in (a, b))
+        for pick in (max, min, max, min):
+            result = next(got)
+            if math.isnan(a) or math.isnan(b):
+                assert math.isnan(result)
+            else:
+                assert result == pick(a, b)
+
+
 def test_float_max_and_min_keep_nan(tmp_path):
     exprs = [sympy.Max(x, 0), sympy.Max(0, x, acc), sympy.Min(x, 1)]
     funcs = [f"static float h{m}(float x, float acc) {{ (void)acc; return {print_c(e)}; }}"
