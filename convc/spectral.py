@@ -11,6 +11,10 @@ an FFT size ``F >= U + V - 1``, so that the circular product has no wrap-around:
     Sp[.., t] = S[.., t + c]            (correlation)  O[.., u] = init + IFFT(Ŝ·conj(K̂))[.., u]
     Sp[.., t] = S[.., t + c - (V - 1)]  (convolution)  O[.., u] = init + IFFT(Ŝ·K̂)[.., u + V - 1]
 
+or, for a convolution with ``c >= 0`` where S itself fits with room for the wrap-around
+(the input gradient of an unpadded layer), S transformed where it lies and the window kept
+from ``u + c`` (see `_offsets`).
+
 The other (channel) variables keep their places: the spectral product sums over the reduced
 ones at every frequency, as a comprehension over the real and imaginary parts (the complex
 product written out). The transforms are the runtime's real FFTs (``runtime/fft.c``). Nothing
@@ -176,10 +180,11 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], packed: dict) -> tuple |
         return None
     comp, found, spans, dims = matched
     convolution = found.sign < 0
+    reads, window = _offsets(found, spans, dims, shapes)
     parts: list = []
     spectra = []
     for access, role in ((found.s, 0), (found.k, 1)):
-        source, made = _source(comp, found, access, role, dims, spans, shapes, packed)
+        source, made = _source(comp, found, access, role, dims, spans, reads, shapes, packed)
         parts += made
         spectrum, made = _forward(source, dims, shapes, packed)
         parts += made
@@ -187,15 +192,14 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], packed: dict) -> tuple |
     spectrum = _product_tensor(comp, found, dims, shapes)
     parts.append(_spectra(comp, found, spectra, spectrum, dims, convolution, shapes)
                  or _product(comp, found, spectra, spectrum, dims, convolution))
-    shift = tuple(v - 1 if convolution else 0 for _, v in spans)
     count = sympy.Mul(*shapes[spectrum][:-len(dims) - 1])
     outputs = tuple(u for u, _ in spans)
     if comp.init is None and _trailing(comp.output, _positions(found, 2), shapes, outputs):
-        parts.append(Transform(True, dims, count, spectrum, comp.tensor, outputs, shift))
+        parts.append(Transform(True, dims, count, spectrum, comp.tensor, outputs, window))
         return tuple(parts)
     back = fresh_name(f"{comp.tensor}~fft_out", shapes)
     shapes[back] = (*shapes[spectrum][:-len(dims) - 1], *outputs)
-    parts.append(Transform(True, dims, count, spectrum, back, outputs, shift))
+    parts.append(Transform(True, dims, count, spectrum, back, outputs, window))
     parts.append(_crop(comp, found, back))
     return tuple(parts)
 
@@ -250,14 +254,38 @@ def _trailing(access, spatial: list[int], shapes, extents) -> bool:
         len(set(access.indices[:-rank])) == len(shape) - rank
 
 
-def _source(comp, found: Match, access, role: int, dims, spans, shapes, packed):
+def _offsets(found: Match, spans, dims, shapes) -> tuple[tuple, tuple]:
+    """Per spatial axis, where the signal's transform starts reading it and where the
+    output's window starts in the inverse transform.
+
+    A correlation reads from ``c`` and keeps the window from 0. A convolution reads from
+    ``c - (V - 1)`` and keeps it from ``V - 1``; or, when ``c >= 0`` and the signal and the
+    window both fit in ``F`` with room for the ``V - 1`` cells that wrap around (``S + V - 1
+    <= F`` and ``c + U <= F``), reads the signal from 0, in place, and keeps the window from
+    ``c``: the cells that wrap around are the zeros past the signal's end (a full
+    convolution, the input gradient of an unpadded layer)."""
+    signal = shapes[str(found.s.base.label)]
+    reads, window = [], []
+    for (pos, _, _, _, _, c), (u, v), f in zip(found.axes, spans, dims):
+        if found.sign > 0:
+            reads.append(c)
+            window.append(0)
+        elif c >= 0 and int(signal[pos]) + v - 1 <= f and c + u <= f:
+            reads.append(0)
+            window.append(c)
+        else:
+            reads.append(c - (v - 1))
+            window.append(v - 1)
+    return tuple(reads), tuple(window)
+
+
+def _source(comp, found: Match, access, role: int, dims, spans, reads, shapes, packed):
     """What the forward transform of an operand reads: its tensor, when it needs no shift
     and no cut (a kernel, or a signal read from index 0), else a zero-padded copy."""
     tensor = str(access.base.label)
     spatial = _positions(found, role)
     taps = [v for _, v in spans]
-    shift = [(const - (v - 1 if found.sign < 0 else 0)) if role == 0 else 0
-             for (_, _, _, _, _, const), v in zip(found.axes, taps)]
+    shift = list(reads) if role == 0 else [0] * len(taps)
     whole = tuple(int(shapes[tensor][p]) for p in spatial)
     fits = (whole == tuple(taps)) if role == 1 else all(n <= f for n, f in zip(whole, dims))
     if fits and not any(shift) and _trailing(access, spatial, shapes, whole):

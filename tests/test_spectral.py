@@ -79,6 +79,28 @@ def test_values_and_gradients_match_the_references(loops, monkeypatch):
     np.testing.assert_allclose(grads["conv0.bias"], db, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("padding,in_place", [(0, True), ((1, 0), True), ((3, 1), False)])
+def test_the_input_gradient_transforms_the_output_gradient_in_place_when_it_can(padding,
+                                                                              in_place):
+    """h of an unpadded (or lightly padded) layer is a full convolution of the output
+    gradient: its transform reads the seed where it lies and the inverse keeps the window
+    from the padding's offset; a pad that would need cells before the seed copies it into
+    a shifted, zero-padded array. Same numbers either way."""
+    net = convc.compile(conv_graph(cin=2, channels=3, padding=padding), "float64",
+                        grad=["x"], algorithm="fft")
+    step = net.lowered.derivatives("conv0")[0]
+    transforms = [p for p in net.lowered.parts[step] if isinstance(p, Transform)]
+    assert any(t.source == "seed:conv0" for t in transforms) == in_place
+    rng = np.random.default_rng(5)
+    x, w, b = arrays(rng, cin=2, channels=3)
+    pads = padding_pairs(padding, (12, 10), (5, 3), (1, 1), (1, 1))
+    out = conv(x, w, b, 1, pads)
+    G = rng.standard_normal(out.shape)
+    _, grads = net(x=x, **{"conv0.weight": w, "conv0.bias": b, "grad:conv0": G})
+    dx, _, _ = conv_grads_scatter(x, w, G, (1, 1), (1, 1), pads, 1)
+    np.testing.assert_allclose(grads["x"], dx, rtol=1e-10, atol=1e-10)
+
+
 def test_float32_error_is_within_the_documented_bound():
     """|fft - exact| <= 1e-5 · max(|x| * |w|) (the README's float32 tolerance for FFT)."""
     g = conv_graph(cin=8, size=(48, 40), channels=8, kernel=(11, 9))
