@@ -41,6 +41,7 @@ import sympy
 from .errors import DerivationError
 from .ir.affine import affine_terms, index_range, invert_access, is_proven
 from .ir.comprehension import ACC, Comprehension, Dim, Reduction, row_major
+from .ops import estimate
 
 
 class Names:
@@ -168,7 +169,7 @@ def _covers_once(comp: Comprehension, shape) -> bool:
         if const != 0:
             return False
         step = sympy.Integer(1)
-        for v, c in sorted(coeffs.items(), key=lambda vc: _ordered(vc[1])):
+        for v, c in sorted(coeffs.items(), key=lambda vc: estimate(vc[1])):
             if sympy.expand(c - step) != 0:
                 return False
             step *= dims[v].stop
@@ -176,12 +177,6 @@ def _covers_once(comp: Comprehension, shape) -> bool:
             return False
         used += list(coeffs)
     return sorted(used, key=str) == sorted(dims, key=str)
-
-
-def _ordered(coefficient) -> float:
-    """A coefficient's size for sorting (one holding a size symbol counts as large)."""
-    c = sympy.sympify(coefficient)
-    return float(c) if c.is_number else float(c.subs({s: 10**6 for s in c.free_symbols}))
 
 
 def _masked(comp: Comprehension, cs: list[Comprehension], shapes, names

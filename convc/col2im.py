@@ -2,11 +2,16 @@
 few channels runs as one large matrix product over every tap, then a sum of shifted
 columns.
 
-A contraction ``O[.., u] = init + Σ_{channels, v} S[.., u + σ·v + c]·K[.., v]`` (per spatial
-axis, as `spectral.match` finds it) is computed in the other order:
+A contraction ``O[.., u] = init + Σ_{channels, v} S[.., s·u + σ·d·v + c]·K[.., e·v + f]``
+(per spatial axis, as `spectral.match` finds it with ``strided=True``: a stride, a
+dilation, or a phase of a strided input gradient, which reads every other tap) is computed
+in the other order:
 
-    P[.., v, j] = Σ_channels S[.., j]·K[.., v]        (a product: rows v, columns j)
-    O[.., u]    = init + Σ_v P[.., v, u + σ·v + c]    (zero where that leaves P)
+    P[.., w, j] = Σ_channels S[.., j]·K[.., w]                (a product: rows w, columns j)
+    O[.., u]    = init + Σ_v P[.., e·v + f, s·u + σ·d·v + c]   (zero where that leaves P)
+
+``w`` runs over every position of the kernel, so the phases of a strided input gradient,
+each reading its own taps, share one product.
 
 The multiply-adds are the same; what changes is the shape of the product. The input
 gradient h of a layer with few input channels (an RGB stem, a mono audio layer) is, taken

@@ -118,7 +118,7 @@ def explain(lowered: Lowered) -> str:
         kept = saved_tensors(lowered)
         listed = ", ".join(f"{n} ({b} B)" for n, b in kept.items())
         sections[0] += (f"\nSAVED     the backward pass reads {sum(kept.values())} bytes per "
-                        f"example of the forward pass: {listed}")
+                        f"example of the forward pass" + (f": {listed}" if listed else ""))
     lines = _function_lines(lowered)
     for node in lowered.nodes:
         steps = [s for s in lowered.steps if s.node == node.name]

@@ -93,9 +93,32 @@ def _windowed(comp: Comprehension, shapes) -> tuple[Stmt, ...] | None:
         return None
     if math.prod(int(d.stop) for d in comp.reduced) > SHORT_WINDOW:
         return None
+    found = _interiors(comp, shapes, [d.var for d in comp.free], comp.reduced)
     bounds = {d.var: (d.start, d.stop) for d in comp.variables}
-    free = [d.var for d in comp.free]
-    interior: dict[sympy.Symbol, tuple] = {}
+    if found is None or not all(_clip(comp, axis, dict(bounds)) for _, axis, _ in found[1]):
+        return None
+    interiors, axes = found
+
+    def point(inside: set) -> tuple[Stmt, ...]:
+        clipped = dict(bounds)
+        for _, axis, v in axes:
+            if v not in inside:
+                _clip(comp, axis, clipped)
+        fixed = {d.var: LoopKind.UNROLL for d in comp.reduced
+                 if all(sympy.sympify(b).is_number for b in clipped[d.var])}
+        return _point(comp, clipped, lambda e: e, fixed)
+
+    return _split_nest(comp.free, interiors, point)
+
+
+def _interiors(comp: Comprehension, shapes, loops, window) -> tuple[dict, list] | None:
+    """Where the reads that can leave their tensors stay inside: for each loop variable (of
+    ``loops``) that moves such a read, the range in which it is inside for every point of
+    ``window``; and ``(access, axis, variable)`` for each axis it can leave along. None when
+    a read can leave along an axis not of the form `_whole_window` solves, or reading its
+    fill would change the result."""
+    bounds = {d.var: (d.start, d.stop) for d in comp.variables}
+    interiors: dict[sympy.Symbol, tuple] = {}
     axes = []
     for access in comp.accesses():
         unsafe = [] if access in comp.inside else _unsafe_axes(comp, access, shapes)
@@ -103,38 +126,35 @@ def _windowed(comp: Comprehension, shapes) -> tuple[Stmt, ...] | None:
         if unsafe and (fill is None or not _annihilates(comp, access, fill)):
             return None
         for axis in unsafe:
-            found = _whole_window(comp, axis, free, comp.reduced)
-            if found is None or not _clip(comp, axis, dict(bounds)):
+            found = _whole_window(comp, axis, loops, window)
+            if found is None:
                 return None
             v, lo, hi = found
-            start, stop = interior.get(v, bounds[v])
-            interior[v] = (sympy.Max(start, lo), sympy.Min(stop, hi))
-            axes.append((axis, v))
+            start, stop = interiors.get(v, bounds[v])
+            interiors[v] = (sympy.Max(start, lo), sympy.Min(stop, hi))
+            axes.append((access, axis, v))
+    return interiors, axes
 
-    def point(inside: set) -> tuple[Stmt, ...]:
-        clipped = dict(bounds)
-        for axis, v in axes:
-            if v not in inside:
-                _clip(comp, axis, clipped)
-        fixed = {d.var: LoopKind.UNROLL for d in comp.reduced
-                 if all(sympy.sympify(b).is_number for b in clipped[d.var])}
-        return _point(comp, clipped, lambda e: e, fixed)
 
-    def nest(i: int, inside: set) -> tuple[Stmt, ...]:
-        if i == len(free):
-            return point(inside)
-        v = free[i]
-        start, stop = bounds[v]
-        if v not in interior:
-            return (Loop(v, start, stop, nest(i + 1, inside)),)
-        lo = sympy.Max(start, sympy.Min(interior[v][0], stop))
-        hi = sympy.Max(lo, sympy.Min(interior[v][1], stop))
-        loops = (Loop(v, start, lo, nest(i + 1, inside)),
-                 Loop(v, lo, hi, nest(i + 1, inside | {v})),
-                 Loop(v, hi, stop, nest(i + 1, inside)))
+def _split_nest(dims, interiors: dict, body, kind_of=lambda i: LoopKind.SERIAL
+                ) -> tuple[Stmt, ...]:
+    """Loops over ``dims`` around ``body(inside)``; a variable with an interior range runs
+    as three loops (before it, inside it, after it), and ``inside`` holds the variables
+    whose loop is the interior one around that body. Empty loops are left out."""
+    def nest(i: int, inside: frozenset) -> tuple[Stmt, ...]:
+        if i == len(dims):
+            return body(inside)
+        d, kind = dims[i], kind_of(i)
+        if d.var not in interiors:
+            return (Loop(d.var, d.start, d.stop, nest(i + 1, inside), kind),)
+        lo = sympy.Max(d.start, sympy.Min(interiors[d.var][0], d.stop))
+        hi = sympy.Max(lo, sympy.Min(interiors[d.var][1], d.stop))
+        loops = (Loop(d.var, d.start, lo, nest(i + 1, inside), kind),
+                 Loop(d.var, lo, hi, nest(i + 1, inside | {d.var}), kind),
+                 Loop(d.var, hi, d.stop, nest(i + 1, inside), kind))
         return tuple(loop for loop in loops if not is_proven(loop.start >= loop.stop))
 
-    return nest(0, set())
+    return nest(0, frozenset())
 
 
 def _whole_window(comp: Comprehension, axis, loops, window) -> tuple | None:
@@ -175,52 +195,27 @@ def _outputs_in_registers(comp: Comprehension, shapes) -> tuple[Stmt, ...] | Non
     if small is None:
         return None
     comp = _bounds_as_fill(comp, shapes)
-    reduced = [d.var for d in comp.reduced]
-    interior: dict[sympy.Symbol, tuple] = {}
-    tested = []  # (access, axis, the reduced variable whose border tests it)
-    for access in comp.accesses():
-        unsafe = [] if access in comp.inside else _unsafe_axes(comp, access, shapes)
-        for axis in unsafe:
-            found = _whole_window(comp, axis, reduced, small)
-            if found is None:
-                return None
-            v, lo, hi = found
-            start, stop = interior.get(v, (0, next(d.stop for d in comp.reduced
-                                                   if d.var == v)))
-            interior[v] = (sympy.Max(start, lo), sympy.Min(stop, hi))
-            tested.append((access, axis, v))
+    interiors, tested = _interiors(comp, shapes, [d.var for d in comp.reduced], small)
     points = [dict(zip([d.var for d in small], p))
               for p in itertools.product(*(range(int(d.stop)) for d in small))]
     accs = ACCUMULATORS[:len(points)]
 
-    def updates(inside: set) -> tuple[Stmt, ...]:
+    def updates(inside: frozenset) -> tuple[Stmt, ...]:
         guards = {}
         for access, (idx, size), v in tested:
             if v not in inside:
-                holds = sympy.And(idx >= 0, idx < size)
-                guards[access] = sympy.Piecewise(
-                    (guards.get(access, access), holds), (comp.fill_of(
-                        str(access.base.label)), True))
+                fill = comp.fill_of(str(access.base.label))
+                guards[access] = sympy.Piecewise((guards.get(access, access),
+                                                  sympy.And(idx >= 0, idx < size)), (fill, True))
         body = comp.body.xreplace(guards)
         return tuple(Update(a, Reduction.SUM, body.xreplace(p)) for a, p in zip(accs, points))
 
-    def nest(i: int, inside: set) -> tuple[Stmt, ...]:
-        if i == len(comp.reduced):
-            return updates(inside)
-        d = comp.reduced[i]
-        kind = LoopKind.VECTOR if i == len(comp.reduced) - 1 else LoopKind.SERIAL
-        if d.var not in interior:
-            return (Loop(d.var, d.start, d.stop, nest(i + 1, inside), kind),)
-        lo = sympy.Max(d.start, sympy.Min(interior[d.var][0], d.stop))
-        hi = sympy.Max(lo, sympy.Min(interior[d.var][1], d.stop))
-        loops = (Loop(d.var, d.start, lo, nest(i + 1, inside), kind),
-                 Loop(d.var, lo, hi, nest(i + 1, inside | {d.var}), kind),
-                 Loop(d.var, hi, d.stop, nest(i + 1, inside), kind))
-        return tuple(loop for loop in loops if not is_proven(loop.start >= loop.stop))
-
+    last = len(comp.reduced) - 1
     init = comp.init if comp.init is not None else sympy.Integer(0)
     stmts: tuple[Stmt, ...] = (
-        *(Let(a, init.xreplace(p)) for a, p in zip(accs, points)), *nest(0, set()),
+        *(Let(a, init.xreplace(p)) for a, p in zip(accs, points)),
+        *_split_nest(comp.reduced, interiors, updates,
+                     lambda i: LoopKind.VECTOR if i == last else LoopKind.SERIAL),
         *(Store(comp.output.xreplace(p), a) for a, p in zip(accs, points)))
     outer = comp.free[:len(comp.free) - len(small)]
     if not outer:
@@ -234,7 +229,8 @@ def _register_dims(comp: Comprehension, shapes) -> list[Dim] | None:
     """The innermost free variables that `_outputs_in_registers` moves inside the sum: of
     constant extents, 2 to `REGISTER_OUTPUTS` points; None when the comprehension is not a
     plain sum over a box whose innermost reduced variable reads in steps of 0 or 1 (for at
-    least 16 points), or a read can leave its tensor along a free variable."""
+    least 16 points), or a read can leave its tensor other than along a reduced variable
+    moved by one of those free variables (`_interiors`)."""
     if comp.reduction is not Reduction.SUM or comp.final is not None or not comp.reduced:
         return None
     comp = _bounds_as_fill(comp, shapes)
@@ -250,15 +246,8 @@ def _register_dims(comp: Comprehension, shapes) -> list[Dim] | None:
             break
         small.insert(0, d)
         count *= int(d.stop)
-    if count < 2:
+    if count < 2 or _interiors(comp, shapes, [d.var for d in comp.reduced], small) is None:
         return None
-    for access in comp.accesses():
-        if access in comp.inside:
-            continue
-        fill = comp.fill_of(str(access.base.label))
-        unsafe = _unsafe_axes(comp, access, shapes)
-        if unsafe and (fill is None or not _annihilates(comp, access, fill)):
-            return None
     return small
 
 

@@ -259,8 +259,8 @@ def _backward(graph: Graph, forward: list[Step], wrt: list[str]) -> tuple[list[S
     for comp, target, cs in adjoints:  # in the order they must run
         node = graph.node(owner[comp.tensor])
         role = _role(graph, node, target)
-        last = steps[-1] if steps else Step("", "", ())
-        if last.node == node.name and last.role.split("_")[0] == role:
+        last = steps[-1] if steps else None
+        if last and last.node == node.name and last.role.split("_")[0] == role:
             steps[-1] = Step(last.node, last.role, last.comps + tuple(cs))
             continue
         unique, i = role, 1

@@ -239,9 +239,8 @@ CONVC_GEMM_THREADED(double, f64)
 typedef T V __attribute__((vector_size(VBYTES)));
 
 /* C (m x n of an MR x NR tile, rows rsc and columns csc apart) += a * b (= a * b when
- * `store`), where a is an A
- * micro-panel (a[k * MR + i] = A(i, k)) and b a B micro-panel (b[k * ldb + j] = B(k, j):
- * packed, ldb = NR, or B itself where its rows are contiguous).
+ * `store`), where a is an A micro-panel (a[k * MR + i] = A(i, k)) and b a B micro-panel
+ * (b[k * ldb + j] = B(k, j): packed, ldb = NR, or B itself where its rows are contiguous).
  * Only the first `rows` rows and `vecs` vectors of columns are computed (m <= rows and
  * n <= vecs * VL): the callers below fix them, so that an edge tile of at most half the rows
  * or columns costs half. The tile is summed in registers; vectors move through memcpy, which
