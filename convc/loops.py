@@ -33,8 +33,20 @@ class LoopKind(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Let:
+    """A local: a scalar, or with ``vector`` a vector of the target's width (64 bytes),
+    every lane starting at ``value``."""
+
     var: sympy.Symbol
     value: sympy.Expr
+    vector: bool = False
+
+
+class VLoad(sympy.Function):
+    """The vector of consecutive elements from an access (its index the first lane's)."""
+
+
+class VSum(sympy.Function):
+    """The sum of a vector's lanes."""
 
 
 @dataclass(frozen=True)
@@ -67,11 +79,14 @@ class Block:
 
 @dataclass(frozen=True)
 class Loop:
+    """``for var in range(start, stop, step)``."""
+
     var: sympy.Symbol
     start: sympy.Expr
     stop: sympy.Expr
     body: tuple[Stmt, ...]
     kind: LoopKind = LoopKind.SERIAL
+    step: int = 1
 
 
 Stmt = Block | Loop | Let | Update | ArgMaxUpdate | Store | Gemm | Transform | Spectra
@@ -113,12 +128,13 @@ def format_nest(stmts, indent: str = "") -> str:
     for s in stmts:
         if isinstance(s, Loop):
             tag = f"  ({s.kind.value})" if s.kind is not LoopKind.SERIAL else ""
-            lines.append(f"{indent}for {s.var} in [{s.start}, {s.stop}):{tag}")
+            step = f" step {s.step}" if s.step != 1 else ""
+            lines.append(f"{indent}for {s.var} in [{s.start}, {s.stop}){step}:{tag}")
             lines.append(format_nest(s.body, indent + "  "))
         elif isinstance(s, Block):
             lines.append(format_nest(s.body, indent))
         elif isinstance(s, Let):
-            lines.append(f"{indent}{s.var} = {s.value}")
+            lines.append(f"{indent}{s.var} = {'vector of ' if s.vector else ''}{s.value}")
         elif isinstance(s, ArgMaxUpdate):
             lines.append(f"{indent}if {s.value} > acc: acc, arg = {s.value}, {s.index}")
         elif isinstance(s, Gemm):

@@ -22,7 +22,8 @@ import sympy
 from .errors import DerivationError
 from .ir.affine import affine_terms, index_range, is_proven, solve_inside, strides
 from .ir.comprehension import ACC, ARG, Comprehension, Dim, Reduction, row_major
-from .loops import ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Stmt, Store, Update
+from .loops import (ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Stmt, Store, Update,
+                    VLoad, VSum)
 from .ops import ASSUMED_SIZE, BATCH, estimate
 from .spectral import Transform
 
@@ -31,14 +32,16 @@ PARALLEL_WORK = 32768
 """The points (at a batch of 64) a comprehension needs for its loops to be shared by threads."""
 
 
-def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple]) -> tuple[Stmt, ...]:
-    """The loop nest of one comprehension; ``shapes`` gives every tensor it reads.
+def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple], lanes: int = 1
+                        ) -> tuple[Stmt, ...]:
+    """The loop nest of one comprehension; ``shapes`` gives every tensor it reads, ``lanes``
+    the elements of the target's vectors that explicit vector code may use (1: none).
 
     The outermost loops run in parallel when the comprehension is large enough: each point
     of its free variables is written by one iteration only, so they never race.
     """
     comp = _collapse(_fold_single_points(comp), shapes)
-    registers = _outputs_in_registers(comp, shapes)
+    registers = _outputs_in_registers(comp, shapes, lanes)
     if registers is not None:
         return _parallel(comp, registers)
     windowed = _windowed(comp, shapes)
@@ -136,6 +139,12 @@ def _interiors(comp: Comprehension, shapes, loops, window) -> tuple[dict, list] 
     return interiors, axes
 
 
+def _interior_range(d: Dim, interiors: dict) -> tuple[sympy.Expr, sympy.Expr]:
+    """``d``'s interior range clamped to its own: ``start <= lo <= hi <= stop``."""
+    lo = sympy.Max(d.start, sympy.Min(interiors[d.var][0], d.stop))
+    return lo, sympy.Max(lo, sympy.Min(interiors[d.var][1], d.stop))
+
+
 def _split_nest(dims, interiors: dict, body, kind_of=lambda i: LoopKind.SERIAL
                 ) -> tuple[Stmt, ...]:
     """Loops over ``dims`` around ``body(inside)``; a variable with an interior range runs
@@ -147,8 +156,7 @@ def _split_nest(dims, interiors: dict, body, kind_of=lambda i: LoopKind.SERIAL
         d, kind = dims[i], kind_of(i)
         if d.var not in interiors:
             return (Loop(d.var, d.start, d.stop, nest(i + 1, inside), kind),)
-        lo = sympy.Max(d.start, sympy.Min(interiors[d.var][0], d.stop))
-        hi = sympy.Max(lo, sympy.Min(interiors[d.var][1], d.stop))
+        lo, hi = _interior_range(d, interiors)
         loops = (Loop(d.var, d.start, lo, nest(i + 1, inside), kind),
                  Loop(d.var, lo, hi, nest(i + 1, inside | {d.var}), kind),
                  Loop(d.var, hi, d.stop, nest(i + 1, inside), kind))
@@ -177,18 +185,24 @@ REGISTER_OUTPUTS = 16
 """The most outputs `_outputs_in_registers` keeps in registers at once."""
 
 ACCUMULATORS = tuple(sympy.Symbol(f"acc{i}") for i in range(REGISTER_OUTPUTS))
+VECTOR_ACCUMULATORS = tuple(sympy.Symbol(f"vacc{i}") for i in range(REGISTER_OUTPUTS))
 
 
-def _outputs_in_registers(comp: Comprehension, shapes) -> tuple[Stmt, ...] | None:
+def _outputs_in_registers(comp: Comprehension, shapes, lanes: int = 1
+                          ) -> tuple[Stmt, ...] | None:
     """A sum with few outputs per point of its outer free variables, over a long
     contiguous reduction (a depthwise kernel's gradient: 9 taps per channel, each summed
     over every image and position): the few outputs become accumulators inside the
-    reduction's vector loop, which reads each input once for all of them instead of once
+    reduction's innermost loop, which reads each input once for all of them instead of once
     per output.
 
     Where a read can leave its tensor along a reduced variable (padding), that variable's
     loop runs in three parts: the border, where the read is tested (reading the fill, which
     adds nothing), the interior, where it is inside for every output, and the border after.
+    With ``lanes`` > 1, where nothing is tested the innermost loop steps ``lanes`` at a time
+    adding whole vectors into vector accumulators, which are summed into the scalar ones
+    once, at the end (the few points left over, and the borders, add to the scalar ones);
+    else it is a `omp simd` loop whose accumulators are summed at the end of every run.
     None when the comprehension is not of that shape.
     """
     small = _register_dims(comp, shapes)
@@ -200,7 +214,10 @@ def _outputs_in_registers(comp: Comprehension, shapes) -> tuple[Stmt, ...] | Non
               for p in itertools.product(*(range(int(d.stop)) for d in small))]
     accs = ACCUMULATORS[:len(points)]
 
-    def updates(inside: frozenset) -> tuple[Stmt, ...]:
+    vaccs = VECTOR_ACCUMULATORS[:len(points)] if lanes > 1 else ()
+    inner = comp.reduced[-1]
+
+    def updates(inside: frozenset, vector: bool = False) -> tuple[Stmt, ...]:
         guards = {}
         for access, (idx, size), v in tested:
             if v not in inside:
@@ -208,14 +225,37 @@ def _outputs_in_registers(comp: Comprehension, shapes) -> tuple[Stmt, ...] | Non
                 guards[access] = sympy.Piecewise((guards.get(access, access),
                                                   sympy.And(idx >= 0, idx < size)), (fill, True))
         body = comp.body.xreplace(guards)
-        return tuple(Update(a, Reduction.SUM, body.xreplace(p)) for a, p in zip(accs, points))
+        if vector:  # the reads that move with the innermost variable, as vectors
+            body = body.xreplace({a: VLoad(a) for a in body.atoms(sympy.Indexed)
+                                  if a.has(inner.var)})
+        return tuple(Update(a, Reduction.SUM, body.xreplace(p))
+                     for a, p in zip(vaccs if vector else accs, points))
 
-    last = len(comp.reduced) - 1
+    def innermost(inside: frozenset) -> tuple[Stmt, ...]:
+        """The innermost loops; in vectors where nothing is tested."""
+        vector = bool(vaccs) and not {v for _, _, v in tested} - inside - {inner.var}
+
+        def run(start, stop, untested) -> tuple[Loop, ...]:
+            scalar = Loop(inner.var, start, stop, updates(untested), LoopKind.VECTOR)
+            if not (vector and inner.var in untested):
+                return (scalar,)
+            split = start + lanes * sympy.floor((stop - start) / lanes)
+            return (Loop(inner.var, start, split, updates(untested, True), step=lanes),
+                    replace(scalar, start=split))
+
+        if inner.var not in interiors:
+            return run(inner.start, inner.stop, inside | {inner.var})
+        lo, hi = _interior_range(inner, interiors)
+        loops = (*run(inner.start, lo, inside), *run(lo, hi, inside | {inner.var}),
+                 *run(hi, inner.stop, inside))
+        return tuple(loop for loop in loops if not is_proven(loop.start >= loop.stop))
+
     init = comp.init if comp.init is not None else sympy.Integer(0)
     stmts: tuple[Stmt, ...] = (
         *(Let(a, init.xreplace(p)) for a, p in zip(accs, points)),
-        *_split_nest(comp.reduced, interiors, updates,
-                     lambda i: LoopKind.VECTOR if i == last else LoopKind.SERIAL),
+        *(Let(v, sympy.Integer(0), vector=True) for v in vaccs),
+        *_split_nest(comp.reduced[:-1], interiors, innermost),
+        *(Update(a, Reduction.SUM, VSum(v)) for a, v in zip(accs, vaccs)),
         *(Store(comp.output.xreplace(p), a) for a, p in zip(accs, points)))
     outer = comp.free[:len(comp.free) - len(small)]
     if not outer:
@@ -370,22 +410,23 @@ def _serial_nest(comp: Comprehension, shapes) -> tuple[Stmt, ...]:
     return _nest(comp, bounds, guards, _contiguous(comp, shapes))
 
 
-def lower_node(node: str, inputs: tuple[str, ...], parts, shapes: dict[str, tuple]) -> Kernel:
+def lower_node(node: str, inputs: tuple[str, ...], parts, shapes: dict[str, tuple],
+               lanes: int = 1) -> Kernel:
     """The kernel of one graph node: its comprehensions (and matrix products) in order.
 
     It reads the tensors its parts use (the node's ``inputs`` first, in their order) and
-    writes each part's output, once each.
+    writes each part's output, once each. ``lanes``: see `lower_comprehension`.
     """
-    nests = tuple(s for p in parts for s in _lower_part(p, shapes))
+    nests = tuple(s for p in parts for s in _lower_part(p, shapes, lanes))
     writes = tuple(dict.fromkeys(_written(p) for p in parts))
     used = {t for p in parts for t in _read(p)} - set(writes)
     reads = [t for t in dict.fromkeys(inputs) if t in used] + sorted(used - set(inputs))
     return Kernel(node, nests, tuple(reads), writes)
 
 
-def _lower_part(part, shapes) -> tuple[Stmt, ...]:
+def _lower_part(part, shapes, lanes: int) -> tuple[Stmt, ...]:
     if isinstance(part, Comprehension):
-        return lower_comprehension(part, shapes)
+        return lower_comprehension(part, shapes, lanes)
     nest: tuple[Stmt, ...] = (part,)
     for d in reversed(part.outer):
         nest = (Loop(d.var, d.start, d.stop, nest),)

@@ -26,7 +26,7 @@ from .ir.comprehension import ACC, ARG, Comprehension, Reduction
 from .loops import Kernel
 from .autodiff import Names, derive
 from .contract import ALGORITHMS, Gemm, Part, plan
-from .lower import ACCUMULATORS, lower_node
+from .lower import ACCUMULATORS, VECTOR_ACCUMULATORS, lower_node
 from . import col2im, spectral, winograd
 from .ops import fmt
 from .ops.source import Constant, Input, Param
@@ -34,6 +34,9 @@ from .sizes import specialise
 from .spectral import Spectra, Transform
 
 DTYPES = {"float32": "float", "float64": "double"}
+ITEM_BYTES = {"float32": 4, "float64": 8}
+VECTOR_BYTES = 64
+"""The width of the runtime's vectors (`convc_vf32`, `convc_vf64`), in bytes."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,8 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
     kernels = {}
     for step in steps:
         with _stage("lower", timings, step.node):
-            kernels[step] = lower_node(step.node, _reads(graph, step), parts[step], shapes)
+            kernels[step] = lower_node(step.node, _reads(graph, step), parts[step], shapes,
+                                       VECTOR_BYTES // ITEM_BYTES[dtype])
     with _stage("emit", timings):
         gname = c_identifier(graph.name)
         functions = {s: _function_name(gname, s, buffers) for s in steps}
@@ -363,7 +367,7 @@ def _buffers(graph, nodes, parts, grads, seeds, float_type, shapes) -> dict[str,
     comps = [p for p in parts if isinstance(p, Comprehension)]
     reserved = {str(d.var) for c in comps for d in c.variables}
     # the C's own locals: the accumulator, the argmax, the entry's status and workspace
-    reserved |= {str(a) for a in ACCUMULATORS}
+    reserved |= {str(a) for a in ACCUMULATORS + VECTOR_ACCUMULATORS}
     reserved |= {str(ACC), str(ARG), "v", "status", "done", "scratch", "next", "workspace",
                  "fft_scratch"}
     reserved |= {str(s) for n in nodes for s in _symbols(n)}

@@ -79,6 +79,27 @@ CONVC_NAN_KEEPING(convc_fmin, double, <)
 static inline float convc_selectf(int c, float a, float b) { return c ? a : b; }
 static inline double convc_select(int c, double a, double b) { return c ? a : b; }
 
+/* 64-byte vectors (16 floats, 8 doubles) for the generated code's vector accumulators, in
+ * GCC and Clang vector extensions: a target with narrower vectors, or none, splits them.
+ * convc_vload_* reads one from any element's address (through a type of element alignment
+ * that may alias the elements); convc_vsum_* adds a vector's lanes, in order. Vectors are
+ * never passed or returned by value: that would depend on the target's ABI. */
+typedef float convc_vf32 __attribute__((vector_size(64)));
+typedef double convc_vf64 __attribute__((vector_size(64)));
+typedef float convc_vf32_any __attribute__((vector_size(64), aligned(4), may_alias));
+typedef double convc_vf64_any __attribute__((vector_size(64), aligned(8), may_alias));
+#define convc_vload_f32(p) (*(const convc_vf32_any *)(p))
+#define convc_vload_f64(p) (*(const convc_vf64_any *)(p))
+#define CONVC_VECTOR_SUM(T, V, SUFFIX)                                                     \
+    static inline T convc_vsum_##SUFFIX(const V *v) {                                      \
+        T sum = 0;                                                                         \
+        for (int i = 0; i < (int)(sizeof *v / sizeof sum); i++) sum += (*v)[i];            \
+        return sum;                                                                        \
+    }
+CONVC_VECTOR_SUM(float, convc_vf32, f32)
+CONVC_VECTOR_SUM(double, convc_vf64, f64)
+#undef CONVC_VECTOR_SUM
+
 /* Batched matrix product (gemm.c): C[b] += A[b] B[b] for every b < batch (with `accumulate`
  * 0: C[b] = A[b] B[b], C need not be initialised), where element
  * (i, j) of X[b] is X[b * sx + i * rsx + j * csx] (strides in elements: row- or column-major

@@ -228,9 +228,11 @@ def test_short_windows_are_summed_in_registers_along_the_row(kind):
 @pytest.mark.parametrize("groups,size", [(3, (7, 20)), (1, (30,))])
 def test_few_outputs_are_summed_in_registers(groups, size):
     """A depthwise kernel's gradient (9 taps per channel, each a sum over every image and
-    position) keeps its taps in accumulators inside one vector loop over the positions;
-    the padding is tested in the border rows and columns only. Also with no channel loop
-    around it (one 1-D filter). Same numbers as the adjoint of numpy's correlation."""
+    position) keeps its taps in accumulators inside the loop over the positions: where
+    nothing is tested, vector accumulators over 8 doubles at a time, summed into the scalar
+    ones at the end; the padding is tested in the border rows and columns only, whose
+    loops and the points left over are `omp simd` sums. Also with no channel loop around
+    it (one 1-D filter). Same numbers as the adjoint of numpy's correlation."""
     g = convc.Graph("taps")
     x = g.input("x", (None, groups, *size))
     g.output(g.conv(x, channels=groups, kernel=3, padding=1, groups=groups, bias=False))
@@ -241,8 +243,11 @@ def test_few_outputs_are_summed_in_registers(groups, size):
     sums = ",".join(f"acc{i}" for i in range(taps))
     assert f"#pragma omp simd reduction(+:{sums})" in body
     last = f"i{len(size) - 1}"
-    interior = body.split(f"for (int64_t {last} = 1; {last} < {size[-1] - 1}; ++{last})")
-    assert any("?" not in loop.split("}")[0] for loop in interior[1:])  # the one with no test
+    whole = 1 + (size[-1] - 2) // 8 * 8  # the interior [1, size - 1) in steps of 8
+    strips = body.split(f"for (int64_t {last} = 1; {last} < {whole}; {last} += 8) {{")
+    assert len(strips) > 1 and all("?" not in strip.split("}")[0] for strip in strips[1:])
+    assert "vacc0 += convc_vload_f64(&" in strips[1].split("}")[0]
+    assert "acc0 += convc_vsum_f64(&vacc0);" in body
     rng = np.random.default_rng(1)
     xs = rng.standard_normal((2, groups, *size))
     G = rng.standard_normal((2, groups, *size))

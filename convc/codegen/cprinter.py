@@ -43,6 +43,8 @@ class CPrinter(C99CodePrinter):
         super().__init__({"type_aliases": {real: float32}} if dtype == "float32" else {})
         self.dtype = dtype
         self.float_type = FLOAT_TYPES[dtype]
+        self.suffix = "f32" if dtype == "float32" else "f64"
+        self.vector_type = f"convc_v{self.suffix}"  # the runtime's 64-byte vectors
         self.buffers = dict(buffers or {})
         self._int_depth = 0  # > 0 while printing an expression that C must compute in int64
 
@@ -78,6 +80,12 @@ class CPrinter(C99CodePrinter):
                           f"divide with floor or ceiling and use no float")
 
     # -- tensor accesses --------------------------------------------------------------------
+
+    def _print_VLoad(self, expr) -> str:
+        return f"convc_vload_{self.suffix}(&{self._print(expr.args[0])})"
+
+    def _print_VSum(self, expr) -> str:
+        return f"convc_vsum_{self.suffix}(&{self._print(expr.args[0])})"
 
     def _print_Indexed(self, expr) -> str:
         """``x[i, j, k]`` as ``cx[(i*D1 + j)*D2 + k]``, the row-major offset in Horner form."""

@@ -78,7 +78,8 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, threads: int = 1) -
     if isinstance(stmt, Loop):
         v = stmt.var
         start, stop = printer.doprint_int(stmt.start), printer.doprint_int(stmt.stop)
-        head = [f"{indent}for (int64_t {v} = {start}; {v} < {stop}; ++{v}) {{"]
+        step = f"++{v}" if stmt.step == 1 else f"{v} += {stmt.step}"
+        head = [f"{indent}for (int64_t {v} = {start}; {v} < {stop}; {step}) {{"]
         if stmt.kind is LoopKind.PARALLEL and threads > 1:
             head.insert(0, f"{indent}#pragma omp parallel for num_threads({threads})")
         elif stmt.kind is LoopKind.VECTOR:
@@ -95,6 +96,8 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, threads: int = 1) -
                                                                 indent + INDENT, threads)]
         return [f"{indent}{{", *inner, f"{indent}}}"]
     if isinstance(stmt, Let):
+        if stmt.vector:
+            return [f"{indent}{printer.vector_type} {stmt.var} = {{{p(stmt.value)}}};"]
         ctype = "int64_t" if stmt.var.is_integer else printer.float_type
         return [f"{indent}{ctype} {stmt.var} = {p(stmt.value)};"]
     if isinstance(stmt, ArgMaxUpdate):
