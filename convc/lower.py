@@ -32,16 +32,18 @@ PARALLEL_WORK = 32768
 """The points (at a batch of 64) a comprehension needs for its loops to be shared by threads."""
 
 
-def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple], lanes: int = 1
-                        ) -> tuple[Stmt, ...]:
+def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple], lanes: int = 1,
+                        integers: frozenset = frozenset()) -> tuple[Stmt, ...]:
     """The loop nest of one comprehension; ``shapes`` gives every tensor it reads, ``lanes``
-    the elements of the target's vectors that explicit vector code may use (1: none).
+    the elements of the target's vectors that explicit vector code may use (1: none), and
+    ``integers`` the tensors whose elements are not of the float type (never read as
+    vectors).
 
     The outermost loops run in parallel when the comprehension is large enough: each point
     of its free variables is written by one iteration only, so they never race.
     """
     comp = _collapse(_fold_single_points(comp), shapes)
-    registers = _outputs_in_registers(comp, shapes, lanes)
+    registers = _outputs_in_registers(comp, shapes, lanes, integers)
     if registers is not None:
         return _parallel(comp, registers)
     windowed = _windowed(comp, shapes)
@@ -188,8 +190,8 @@ ACCUMULATORS = tuple(sympy.Symbol(f"acc{i}") for i in range(REGISTER_OUTPUTS))
 VECTOR_ACCUMULATORS = tuple(sympy.Symbol(f"vacc{i}") for i in range(REGISTER_OUTPUTS))
 
 
-def _outputs_in_registers(comp: Comprehension, shapes, lanes: int = 1
-                          ) -> tuple[Stmt, ...] | None:
+def _outputs_in_registers(comp: Comprehension, shapes, lanes: int = 1,
+                          integers: frozenset = frozenset()) -> tuple[Stmt, ...] | None:
     """A sum with few outputs per point of its outer free variables, over a long
     contiguous reduction (a depthwise kernel's gradient: 9 taps per channel, each summed
     over every image and position): the few outputs become accumulators inside the
@@ -199,7 +201,8 @@ def _outputs_in_registers(comp: Comprehension, shapes, lanes: int = 1
     Where a read can leave its tensor along a reduced variable (padding), that variable's
     loop runs in three parts: the border, where the read is tested (reading the fill, which
     adds nothing), the interior, where it is inside for every output, and the border after.
-    With ``lanes`` > 1, where nothing is tested the innermost loop steps ``lanes`` at a time
+    With ``lanes`` > 1 and a body of sums and products of float tensors (none of
+    ``integers``), where nothing is tested the innermost loop steps ``lanes`` at a time
     adding whole vectors into vector accumulators, which are summed into the scalar ones
     once, at the end (the few points left over, and the borders, add to the scalar ones);
     else it is a `omp simd` loop whose accumulators are summed at the end of every run.
@@ -214,8 +217,10 @@ def _outputs_in_registers(comp: Comprehension, shapes, lanes: int = 1
               for p in itertools.product(*(range(int(d.stop)) for d in small))]
     accs = ACCUMULATORS[:len(points)]
 
-    vaccs = VECTOR_ACCUMULATORS[:len(points)] if lanes > 1 else ()
     inner = comp.reduced[-1]
+    vector = lanes > 1 and _arithmetic(comp.body) and not any(
+        str(a.base.label) in integers for a in comp.body.atoms(sympy.Indexed))
+    vaccs = VECTOR_ACCUMULATORS[:len(points)] if vector else ()
 
     def updates(inside: frozenset, vector: bool = False) -> tuple[Stmt, ...]:
         guards = {}
@@ -263,6 +268,14 @@ def _outputs_in_registers(comp: Comprehension, shapes, lanes: int = 1
     for d in reversed(outer):
         stmts = (Loop(d.var, d.start, d.stop, stmts),)
     return stmts
+
+
+def _arithmetic(expr) -> bool:
+    """Whether ``expr`` is sums and products of numbers and accesses alone (what C's vector
+    extensions compute as written)."""
+    if isinstance(expr, sympy.Indexed) or expr.is_Atom:
+        return True
+    return isinstance(expr, sympy.Add | sympy.Mul) and all(map(_arithmetic, expr.args))
 
 
 def _register_dims(comp: Comprehension, shapes) -> list[Dim] | None:
@@ -411,22 +424,23 @@ def _serial_nest(comp: Comprehension, shapes) -> tuple[Stmt, ...]:
 
 
 def lower_node(node: str, inputs: tuple[str, ...], parts, shapes: dict[str, tuple],
-               lanes: int = 1) -> Kernel:
+               lanes: int = 1, integers: frozenset = frozenset()) -> Kernel:
     """The kernel of one graph node: its comprehensions (and matrix products) in order.
 
     It reads the tensors its parts use (the node's ``inputs`` first, in their order) and
-    writes each part's output, once each. ``lanes``: see `lower_comprehension`.
+    writes each part's output, once each. ``lanes``, ``integers``: see
+    `lower_comprehension`.
     """
-    nests = tuple(s for p in parts for s in _lower_part(p, shapes, lanes))
+    nests = tuple(s for p in parts for s in _lower_part(p, shapes, lanes, integers))
     writes = tuple(dict.fromkeys(_written(p) for p in parts))
     used = {t for p in parts for t in _read(p)} - set(writes)
     reads = [t for t in dict.fromkeys(inputs) if t in used] + sorted(used - set(inputs))
     return Kernel(node, nests, tuple(reads), writes)
 
 
-def _lower_part(part, shapes, lanes: int) -> tuple[Stmt, ...]:
+def _lower_part(part, shapes, lanes: int, integers: frozenset) -> tuple[Stmt, ...]:
     if isinstance(part, Comprehension):
-        return lower_comprehension(part, shapes, lanes)
+        return lower_comprehension(part, shapes, lanes, integers)
     nest: tuple[Stmt, ...] = (part,)
     for d in reversed(part.outer):
         nest = (Loop(d.var, d.start, d.stop, nest),)

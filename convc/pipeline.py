@@ -194,10 +194,11 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
         ordered = [p for ps in parts.values() for p in ps]
         buffers = _buffers(graph, nodes, ordered, grads, seeds, DTYPES[dtype], shapes)
     kernels = {}
+    integers = frozenset(n for n, b in buffers.items() if b.ctype != DTYPES[dtype])
     for step in steps:
         with _stage("lower", timings, step.node):
             kernels[step] = lower_node(step.node, _reads(graph, step), parts[step], shapes,
-                                       VECTOR_BYTES // ITEM_BYTES[dtype])
+                                       VECTOR_BYTES // ITEM_BYTES[dtype], integers)
     with _stage("emit", timings):
         gname = c_identifier(graph.name)
         functions = {s: _function_name(gname, s, buffers) for s in steps}

@@ -10,9 +10,13 @@ import re
 
 import numpy as np
 import pytest
+import sympy
 
 import convc
 from convc.contract import Gemm, plan
+from convc.ir.comprehension import Comprehension, Reduction
+from convc.loops import Update, VLoad, walk
+from convc.lower import lower_comprehension
 
 
 def conv_graph(padding=1, stride=1, channels=32, cin=16, size=8, groups=1):
@@ -259,3 +263,23 @@ def test_few_outputs_are_summed_in_registers(groups, size):
     spatial = "ij"[:len(size)]
     expected = np.einsum(f"nc{spatial}...,nc{spatial}->c...", windows, G)[:, None]
     np.testing.assert_allclose(grads["conv0.weight"], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_only_float_sums_of_products_are_read_as_vectors():
+    """The vector accumulators read float tensors with vector loads; a sum that reads an
+    integer tensor (a one-byte mask) or applies a function keeps scalar accumulators."""
+    k, i = sympy.symbols("k i", integer=True, nonnegative=True)
+    m, x = sympy.IndexedBase("m"), sympy.IndexedBase("x")
+    shapes = {"m": (4, 64), "x": (4, 64), "out": (4,)}
+
+    def vectors(body, integers=frozenset()):
+        comp = Comprehension(sympy.IndexedBase("out")[k], ((k, 4),), body, ((i, 64),),
+                             Reduction.SUM)
+        nest = lower_comprehension(comp, shapes, 16, frozenset(integers))
+        updates = [s for s in walk(nest) if isinstance(s, Update)]
+        assert len({str(u.var) for u in updates}) >= 4  # the four outputs in registers
+        return any(u.value.has(VLoad) for u in updates)
+
+    assert vectors(m[k, i] * x[k, i])
+    assert not vectors(m[k, i] * x[k, i], {"m"})
+    assert not vectors(sympy.exp(x[k, i]))
