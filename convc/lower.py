@@ -77,7 +77,7 @@ def row_length(comp: Comprehension, shapes) -> float:
     run that way."""
     if _register_dims(comp, shapes) is not None:
         return estimate(comp.reduced[-1].stop)
-    if _windowed(comp, shapes) is None and _reduction_outside(comp, shapes) is None:
+    if _window_plan(comp, shapes) is None and _reduction_outside(comp, shapes) is None:
         return 0.0
     return estimate(comp.free[-1].stop)
 
@@ -92,17 +92,11 @@ def _windowed(comp: Comprehension, shapes) -> tuple[Stmt, ...] | None:
     interior where it is whole (constant bounds, no test), and the border after. None
     when the comprehension is not of that shape.
     """
-    if comp.reduction is Reduction.SUM:
-        comp = _bounds_as_fill(comp, shapes)
-    if not _short_window(comp, shapes) or comp.where:
+    plan = _window_plan(comp, shapes)
+    if plan is None:
         return None
-    if math.prod(int(d.stop) for d in comp.reduced) > SHORT_WINDOW:
-        return None
-    found = _interiors(comp, shapes, [d.var for d in comp.free], comp.reduced)
+    comp, interiors, axes = plan
     bounds = {d.var: (d.start, d.stop) for d in comp.variables}
-    if found is None or not all(_clip(comp, axis, dict(bounds)) for _, axis, _ in found[1]):
-        return None
-    interiors, axes = found
 
     def point(inside: set) -> tuple[Stmt, ...]:
         clipped = dict(bounds)
@@ -114,6 +108,22 @@ def _windowed(comp: Comprehension, shapes) -> tuple[Stmt, ...] | None:
         return _point(comp, clipped, lambda e: e, fixed)
 
     return _split_nest(comp.free, interiors, point)
+
+
+def _window_plan(comp: Comprehension, shapes) -> tuple | None:
+    """``(comp, interiors, axes)`` for `_windowed` (``comp`` with a sum's bounds as its
+    fill), or None when the comprehension does not run that way."""
+    if comp.reduction is Reduction.SUM:
+        comp = _bounds_as_fill(comp, shapes)
+    if not _short_window(comp, shapes) or comp.where:
+        return None
+    if math.prod(int(d.stop) for d in comp.reduced) > SHORT_WINDOW:
+        return None
+    found = _interiors(comp, shapes, [d.var for d in comp.free], comp.reduced)
+    bounds = {d.var: (d.start, d.stop) for d in comp.variables}
+    if found is None or not all(_clip(comp, axis, dict(bounds)) for _, axis, _ in found[1]):
+        return None
+    return comp, *found
 
 
 def _interiors(comp: Comprehension, shapes, loops, window) -> tuple[dict, list] | None:

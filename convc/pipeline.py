@@ -34,7 +34,6 @@ from .sizes import specialise
 from .spectral import Spectra, Transform
 
 DTYPES = {"float32": "float", "float64": "double"}
-ITEM_BYTES = {"float32": 4, "float64": 8}
 VECTOR_BYTES = 64
 """The width of the runtime's vectors (`convc_vf32`, `convc_vf64`), in bytes."""
 
@@ -198,7 +197,7 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
     for step in steps:
         with _stage("lower", timings, step.node):
             kernels[step] = lower_node(step.node, _reads(graph, step), parts[step], shapes,
-                                       VECTOR_BYTES // ITEM_BYTES[dtype], integers)
+                                       VECTOR_BYTES // np.dtype(dtype).itemsize, integers)
     with _stage("emit", timings):
         gname = c_identifier(graph.name)
         functions = {s: _function_name(gname, s, buffers) for s in steps}
