@@ -18,6 +18,7 @@ import sympy
 from .autodiff import is_proven_inside
 from .ir.affine import affine_terms
 from .ir.comprehension import Comprehension, Reduction
+from .blocked import Blocked
 from .contract import Gemm
 from .spectral import Spectra, Transform
 from .loops import format_nest
@@ -165,6 +166,8 @@ def estimated_seconds(lowered: Lowered, step: Step, batch: int = ESTIMATE_BATCH)
             outer = sympy.Mul(*(d.extent for d in part.outer))
             work = 2 * part.m * part.n * part.k * batch_extent * outer
             total += _at(work, batch) / (GEMM_FLOPS * scale)
+        elif isinstance(part, Blocked):  # every lane paid for, as the matrix product's
+            total += _at(2 * part.lane_macs, batch) / (GEMM_FLOPS * scale)
         elif isinstance(part, Spectra):
             work = 8 * part.m * part.n * part.k * part.batch * part.count
             total += _at(work, batch) / (DIRECT_FLOPS * scale)
@@ -207,7 +210,8 @@ def _algorithm(parts, used) -> str:
     """``direct`` loops, or the matrix products or FFTs the contractions became, after the
     name of the algorithm that made them (under Winograd, its products, which differ only
     in the tensors they read, counted once)."""
-    products = [p.describe() for p in parts if isinstance(p, Gemm | Transform | Spectra)]
+    products = [p.describe() for p in parts
+                if isinstance(p, Gemm | Transform | Spectra | Blocked)]
     if "winograd" in used:
         products = [f"{count} x {text}" if count > 1 else text
                     for text, count in Counter(products).items()]

@@ -34,7 +34,7 @@ class LoopKind(str, enum.Enum):
 @dataclass(frozen=True)
 class Let:
     """A local: a scalar, or with ``vector`` a vector of the target's width (64 bytes),
-    every lane starting at ``value``."""
+    the `VLoad` ``value`` or every lane zero (``value`` 0)."""
 
     var: sympy.Symbol
     value: sympy.Expr
@@ -47,6 +47,10 @@ class VLoad(sympy.Function):
 
 class VSum(sympy.Function):
     """The sum of a vector's lanes."""
+
+
+class Lane(sympy.Function):
+    """One lane of a vector local: ``Lane(v, i)`` is ``v[i]``."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,8 @@ class Block:
 
 @dataclass(frozen=True)
 class Loop:
-    """``for var in range(start, stop, step)``."""
+    """``for var in range(start, stop, step)``; a parallel loop shares among the threads
+    the iterations of ``collapse`` loops, itself and those perfectly nested in it."""
 
     var: sympy.Symbol
     start: sympy.Expr
@@ -87,6 +92,7 @@ class Loop:
     body: tuple[Stmt, ...]
     kind: LoopKind = LoopKind.SERIAL
     step: int = 1
+    collapse: int = 1
 
 
 Stmt = Block | Loop | Let | Update | ArgMaxUpdate | Store | Gemm | Transform | Spectra
@@ -128,13 +134,15 @@ def format_nest(stmts, indent: str = "") -> str:
     for s in stmts:
         if isinstance(s, Loop):
             tag = f"  ({s.kind.value})" if s.kind is not LoopKind.SERIAL else ""
+            tag = f"  (parallel, {s.collapse} loops)" if s.collapse > 1 else tag
             step = f" step {s.step}" if s.step != 1 else ""
             lines.append(f"{indent}for {s.var} in [{s.start}, {s.stop}){step}:{tag}")
             lines.append(format_nest(s.body, indent + "  "))
         elif isinstance(s, Block):
             lines.append(format_nest(s.body, indent))
         elif isinstance(s, Let):
-            lines.append(f"{indent}{s.var} = {'vector of ' if s.vector else ''}{s.value}")
+            vector = "vector of " if s.vector and not isinstance(s.value, VLoad) else ""
+            lines.append(f"{indent}{s.var} = {vector}{s.value}")
         elif isinstance(s, ArgMaxUpdate):
             lines.append(f"{indent}if {s.value} > acc: acc, arg = {s.value}, {s.index}")
         elif isinstance(s, Gemm):

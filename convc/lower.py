@@ -19,6 +19,8 @@ from dataclasses import replace
 
 import sympy
 
+from . import blocked
+from .blocked import Blocked
 from .errors import DerivationError
 from .ir.affine import affine_terms, index_range, is_proven, solve_inside, strides
 from .ir.comprehension import ACC, ARG, Comprehension, Dim, Reduction, row_major
@@ -451,6 +453,8 @@ def lower_node(node: str, inputs: tuple[str, ...], parts, shapes: dict[str, tupl
 def _lower_part(part, shapes, lanes: int, integers: frozenset) -> tuple[Stmt, ...]:
     if isinstance(part, Comprehension):
         return lower_comprehension(part, shapes, lanes, integers)
+    if isinstance(part, Blocked):
+        return blocked.lower(part, estimate(part.lane_macs) / part.lanes >= PARALLEL_WORK)
     nest: tuple[Stmt, ...] = (part,)
     for d in reversed(part.outer):
         nest = (Loop(d.var, d.start, d.stop, nest),)
@@ -460,12 +464,14 @@ def _lower_part(part, shapes, lanes: int, integers: frozenset) -> tuple[Stmt, ..
 def _written(part) -> str:
     if isinstance(part, Transform):
         return part.target
-    return part.tensor if isinstance(part, Comprehension) else part.c.tensor
+    return part.tensor if isinstance(part, Comprehension | Blocked) else part.c.tensor
 
 
 def _read(part) -> list[str]:
     if isinstance(part, Transform):
         return [part.source]
+    if isinstance(part, Blocked):
+        return part.reads()
     return part.inputs() if isinstance(part, Comprehension) else [part.a.tensor, part.b.tensor]
 
 

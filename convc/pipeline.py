@@ -25,9 +25,10 @@ from .ir.affine import index_range
 from .ir.comprehension import ACC, ARG, Comprehension, Reduction
 from .loops import Kernel
 from .autodiff import Names, derive
+from .blocked import Blocked
 from .contract import ALGORITHMS, Gemm, Part, plan
 from .lower import ACCUMULATORS, VECTOR_ACCUMULATORS, lower_node
-from . import col2im, spectral, winograd
+from . import blocked, col2im, spectral, winograd
 from .ops import fmt
 from .ops.source import Constant, Input, Param
 from .sizes import specialise
@@ -185,10 +186,11 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
     shapes = _shapes(graph, steps)
     shapes.update({seed: graph.node(out).shape for out, seed in seeds.items()})
     parts, algorithms, packed = {}, {}, {}
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
     for step in steps:
         with _stage("schedule", timings, step.node):
             parts[step], algorithms[step] = _schedule(
-                step, shapes, _chosen(graph, step, algorithm, tuned), packed)
+                step, shapes, _chosen(graph, step, algorithm, tuned), packed, lanes)
     with _stage("buffers", timings):
         ordered = [p for ps in parts.values() for p in ps]
         buffers = _buffers(graph, nodes, ordered, grads, seeds, DTYPES[dtype], shapes)
@@ -197,7 +199,7 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
     for step in steps:
         with _stage("lower", timings, step.node):
             kernels[step] = lower_node(step.node, _reads(graph, step), parts[step], shapes,
-                                       VECTOR_BYTES // np.dtype(dtype).itemsize, integers)
+                                       lanes, integers)
     with _stage("emit", timings):
         gname = c_identifier(graph.name)
         functions = {s: _function_name(gname, s, buffers) for s in steps}
@@ -337,12 +339,12 @@ def _shapes(graph: Graph, steps) -> dict[str, tuple]:
     return shapes
 
 
-def _schedule(step: Step, shapes: dict[str, tuple], algorithm: str, packed: dict
-              ) -> tuple[tuple[Part, ...], tuple[str, ...]]:
+def _schedule(step: Step, shapes: dict[str, tuple], algorithm: str, packed: dict,
+              lanes: int) -> tuple[tuple[Part, ...], tuple[str, ...]]:
     """How each comprehension of ``step`` runs: by Winograd's F(2, 3), through spectra,
-    as columns and shifted sums, packed into a matrix product, or as loops (reading the
-    packings and spectra of earlier steps where they are the same); and which of these
-    each one took."""
+    as columns and shifted sums, blocked in registers of ``lanes`` lanes, packed into a
+    matrix product, or as loops (reading the packings and spectra of earlier steps where
+    they are the same); and which of these each one took."""
     parts: list[Part] = []
     used: list[str] = []
     for comp in step.comps:
@@ -355,6 +357,9 @@ def _schedule(step: Step, shapes: dict[str, tuple], algorithm: str, packed: dict
         if product is None and (algorithm == "col2im" or algorithm == "auto"
                                 and col2im.pays(comp, shapes)):
             product, name = col2im.plan(comp, shapes, packed), "col2im"
+        if product is None and (algorithm == "blocked" or algorithm == "auto"
+                                and blocked.pays(comp, shapes, lanes)):
+            product, name = blocked.plan(comp, shapes, packed, lanes), "blocked"
         if product is None and algorithm != "direct":
             product, name = plan(comp, shapes, algorithm == "gemm", packed), "gemm"
         parts += product or [comp]
@@ -366,6 +371,7 @@ def _buffers(graph, nodes, parts, grads, seeds, float_type, shapes) -> dict[str,
     """Every tensor the C touches, with a unique C identifier, in argument order."""
     comps = [p for p in parts if isinstance(p, Comprehension)]
     reserved = {str(d.var) for c in comps for d in c.variables}
+    reserved |= {str(v) for p in parts if isinstance(p, Blocked) for v in p.variables}
     # the C's own locals: the accumulator, the argmax, the entry's status and workspace
     reserved |= {str(a) for a in ACCUMULATORS + VECTOR_ACCUMULATORS}
     reserved |= {str(ACC), str(ARG), "v", "status", "done", "scratch", "next", "workspace",
@@ -391,8 +397,9 @@ def _buffers(graph, nodes, parts, grads, seeds, float_type, shapes) -> dict[str,
     for name, grad in grads.items():
         add(grad, nodes_by_name[name].shape, "float", "grad")
     for c in parts:  # the first comprehension writing a scratch tensor covers all of it
-        if isinstance(c, Transform | Spectra | Gemm):
-            written = c.target if isinstance(c, Transform) else c.c.tensor
+        if isinstance(c, Transform | Spectra | Gemm | Blocked):
+            written = {Transform: "target", Blocked: "tensor"}.get(type(c))
+            written = getattr(c, written) if written else c.c.tensor
             add(written, shapes[written], "float", "temp")
         elif not isinstance(c, Comprehension):
             continue

@@ -2,7 +2,8 @@
 
 `tune` compiles the graph once per candidate algorithm (every contraction packed into
 matrix products, every one as direct loops, every correlation through spectra, every 3-tap
-one by Winograd, every correlation as columns and shifted sums), with step timers
+one by Winograd, every correlation as columns and shifted sums, every one blocked in
+registers), with step timers
 (`Module.profile`), runs each on random arrays at one batch size, and keeps for every
 step ``(node, role)`` the fastest (steps that can never be products have no choice to
 make). What it measured is cached in
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from .build import cache_dir, machine_signature
 
-CANDIDATES = ("gemm", "direct", "fft", "winograd", "col2im")
+CANDIDATES = ("gemm", "direct", "fft", "winograd", "col2im", "blocked")
 DEFAULT_BATCH = 32
 
 
@@ -47,9 +48,14 @@ def tune(graph, dtype: str, grad, num_threads: int | None, batch: int = DEFAULT_
                 measured[step][candidate] = times[step]
         known.update({keys[step]: seconds for step, seconds in measured.items()})
         _store(path, known)
-    return {step: {"algorithm": min(known[key], key=known[key].get),
-                   "seconds": dict(known[key]), "batch": batch}
+    return {step: {"algorithm": _fastest(known[key]), "seconds": dict(known[key]),
+                   "batch": batch}
             for step, key in keys.items()}
+
+
+def _fastest(seconds: dict[str, float]) -> str:
+    """The algorithm of least time; of equal times (the same code), the first candidate."""
+    return min(sorted(seconds, key=CANDIDATES.index), key=seconds.get)
 
 
 def _signature(lowered, step, batch: int) -> str:

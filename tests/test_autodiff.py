@@ -204,7 +204,7 @@ def conv_cases(draw, bias=False, max_rank=3):
                 dilation=dilation, padding=padding, groups=groups, bias=bias,
                 batch=draw(st.integers(1, 2)), seed=draw(st.integers(0, 2**16)),
                 algorithm=draw(st.sampled_from(["direct", "gemm", "fft", "winograd",
-                                                "col2im"])))
+                                                "col2im", "blocked"])))
 
 
 def case_args(case):

@@ -84,11 +84,11 @@ def test_phases_of_a_strided_input_gradient_share_one_product():
 @pytest.mark.parametrize("case,expected", [
     (dict(cin=3, size=(64, 64), channels=64, kernel=7, stride=2, padding=3), "col2im"),
     (dict(cin=1, size=(2000,), channels=32, kernel=64, stride=4), "col2im"),
-    (dict(cin=32, size=(16, 16), channels=32, kernel=3, stride=2, padding=1), "gemm"),
+    (dict(cin=32, size=(16, 16), channels=32, kernel=3, stride=2, padding=1), "blocked"),
 ])
 def test_cost_model_takes_columns_where_the_input_has_few_channels(case, expected):
     """An input gradient with 1 or 3 channels is a product of 1 or 3 rows taken directly;
-    as columns its rows are the channels times the taps. With many channels the direct
-    product already has its rows."""
+    as columns its rows are the channels times the taps. With many channels the sum runs
+    as it is, its channels filling vectors (`convc.blocked`)."""
     _, used = _products(convc.lower(conv_graph(**case), grad=["x"]), "dinput")
     assert set(used) == {expected}

@@ -75,7 +75,7 @@ def conv_cases(draw, rank):
     return dict(sizes=sizes, cin=cin, specs=specs, dtype=draw(st.sampled_from(list(DTYPES))),
                 batch=draw(st.integers(1, 3)), seed=draw(st.integers(0, 2**16)),
                 algorithm=draw(st.sampled_from(["direct", "gemm", "fft", "winograd",
-                                                "col2im"])))
+                                                "col2im", "blocked"])))
 
 
 # -- helpers -----------------------------------------------------------------------------------

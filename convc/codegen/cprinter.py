@@ -87,6 +87,9 @@ class CPrinter(C99CodePrinter):
     def _print_VSum(self, expr) -> str:
         return f"convc_vsum_{self.suffix}(&{self._print(expr.args[0])})"
 
+    def _print_Lane(self, expr) -> str:
+        return f"{self._print(expr.args[0])}[{self._int(expr.args[1])}]"
+
     def _print_Indexed(self, expr) -> str:
         """``x[i, j, k]`` as ``cx[(i*D1 + j)*D2 + k]``, the row-major offset in Horner form."""
         name = str(expr.base.label)

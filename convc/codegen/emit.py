@@ -14,7 +14,8 @@ import sympy
 
 from ..ir.comprehension import Reduction
 from ..contract import Gemm
-from ..loops import ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Store, Update, walk
+from ..loops import (ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Store, Update, VLoad,
+                     walk)
 from ..spectral import Spectra, Transform
 from .cprinter import CPrinter
 from .names import c_comment
@@ -81,7 +82,8 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, threads: int = 1) -
         step = f"++{v}" if stmt.step == 1 else f"{v} += {stmt.step}"
         head = [f"{indent}for (int64_t {v} = {start}; {v} < {stop}; {step}) {{"]
         if stmt.kind is LoopKind.PARALLEL and threads > 1:
-            head.insert(0, f"{indent}#pragma omp parallel for num_threads({threads})")
+            collapse = f" collapse({stmt.collapse})" if stmt.collapse > 1 else ""
+            head.insert(0, f"{indent}#pragma omp parallel for{collapse} num_threads({threads})")
         elif stmt.kind is LoopKind.VECTOR:
             sums = sorted({str(u.var) for u in walk(stmt.body) if isinstance(u, Update)})
             head.insert(0, f"{indent}#pragma omp simd reduction(+:{','.join(sums)})")
@@ -97,7 +99,8 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, threads: int = 1) -
         return [f"{indent}{{", *inner, f"{indent}}}"]
     if isinstance(stmt, Let):
         if stmt.vector:
-            return [f"{indent}{printer.vector_type} {stmt.var} = {{{p(stmt.value)}}};"]
+            value = p(stmt.value) if isinstance(stmt.value, VLoad) else f"{{{p(stmt.value)}}}"
+            return [f"{indent}{printer.vector_type} {stmt.var} = {value};"]
         ctype = "int64_t" if stmt.var.is_integer else printer.float_type
         return [f"{indent}{ctype} {stmt.var} = {p(stmt.value)};"]
     if isinstance(stmt, ArgMaxUpdate):

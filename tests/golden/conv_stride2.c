@@ -8,17 +8,8 @@
  *   conv0[n, k, i0, i1] = conv0.bias[k] + sum_{c < 2, m0 < 3, m1 < 3} conv0.weight[k, c, m0, m1]*x[n, c, -1 + m0 + 2*i0, -1 + m1 + 2*i1]   for n < N, k < 3, i0 < 4, i1 < 3  [eq. 9.8]
  * shapes: 'x' (N, 2, 7, 6), 'conv0.weight' (3, 2, 3, 3), 'conv0.bias' (3,) -> (N, 3, 4, 3)
  */
-static int convc_conv_stride2_conv0_fwd(int64_t N, const float *restrict x, const float *restrict conv0_weight, const float *restrict conv0_bias, float *restrict conv0, float *restrict conv0_pad, float *restrict conv0_b)
+static void convc_conv_stride2_conv0_fwd(int64_t N, const float *restrict x, const float *restrict conv0_weight, const float *restrict conv0_bias, float *restrict conv0_pad, float *restrict conv0_vectors, float *restrict conv0)
 {
-    for (int64_t n = 0; n < N; ++n) {
-        for (int64_t k = 0; k < 3; ++k) {
-            for (int64_t i0 = 0; i0 < 4; ++i0) {
-                for (int64_t i1 = 0; i1 < 3; ++i1) {
-                    conv0[((n*3 + k)*4 + i0)*3 + i1] = conv0_bias[k];
-                }
-            } /* i0 */
-        } /* k */
-    } /* n */
     for (int64_t p0 = 0; p0 < N; ++p0) {
         for (int64_t p1 = 0; p1 < 2; ++p1) {
             for (int64_t p2 = 0; p2 < 1; ++p2) {
@@ -41,23 +32,48 @@ static int convc_conv_stride2_conv0_fwd(int64_t N, const float *restrict x, cons
             } /* p2 */
         } /* p1 */
     } /* p0 */
+    for (int64_t c = 0; c < 2; ++c) {
+        for (int64_t m0 = 0; m0 < 3; ++m0) {
+            for (int64_t m1 = 0; m1 < 3; ++m1) {
+                for (int64_t lane = 0; lane < 3; ++lane) {
+                    conv0_vectors[((c*3 + m0)*3 + m1)*16 + lane] = conv0_weight[((lane*2 + c)*3 + m0)*3 + m1];
+                }
+                for (int64_t lane = 3; lane < 16; ++lane) {
+                    conv0_vectors[((c*3 + m0)*3 + m1)*16 + lane] = 0;
+                }
+            } /* m1 */
+        } /* m0 */
+    } /* c */
     for (int64_t n = 0; n < N; ++n) {
-        for (int64_t i0 = 0; i0 < 4; ++i0) {
+        for (int64_t k_vector = 0; k_vector < 1; ++k_vector) {
             for (int64_t i1 = 0; i1 < 3; ++i1) {
-                for (int64_t c = 0; c < 2; ++c) {
-                    for (int64_t m0 = 0; m0 < 3; ++m0) {
-                        for (int64_t m1 = 0; m1 < 3; ++m1) {
-                            conv0_b[((((n*4 + i0)*3 + i1)*2 + c)*3 + m0)*3 + m1] = conv0_pad[((n*2 + c)*9 + 2*i0 + m0)*7 + 2*i1 + m1];
-                        }
-                    } /* m0 */
-                } /* c */
+                for (int64_t i0_block = 0; i0_block < 4; i0_block += 4) {
+                    convc_vf32 vacc0 = {0};
+                    convc_vf32 vacc1 = {0};
+                    convc_vf32 vacc2 = {0};
+                    convc_vf32 vacc3 = {0};
+                    for (int64_t c = 0; c < 2; ++c) {
+                        for (int64_t m0 = 0; m0 < 3; ++m0) {
+                            #pragma GCC unroll 3
+                            for (int64_t m1 = 0; m1 < 3; ++m1) {
+                                convc_vf32 vkernel = convc_vload_f32(&conv0_vectors[(((k_vector*2 + c)*3 + m0)*3 + m1)*16]);
+                                vacc0 += vkernel*conv0_pad[((n*2 + c)*9 + 2*i0_block + m0)*7 + 2*i1 + m1];
+                                vacc1 += vkernel*conv0_pad[((n*2 + c)*9 + 2*i0_block + m0 + 2)*7 + 2*i1 + m1];
+                                vacc2 += vkernel*conv0_pad[((n*2 + c)*9 + 2*i0_block + m0 + 4)*7 + 2*i1 + m1];
+                                vacc3 += vkernel*conv0_pad[((n*2 + c)*9 + 2*i0_block + m0 + 6)*7 + 2*i1 + m1];
+                            }
+                        } /* m0 */
+                    } /* c */
+                    for (int64_t lane = 0; lane < 3 - 16*k_vector; ++lane) {
+                        conv0[((n*3 + 16*k_vector + lane)*4 + i0_block)*3 + i1] = vacc0[lane] + conv0_bias[16*k_vector + lane];
+                        conv0[((n*3 + 16*k_vector + lane)*4 + i0_block + 1)*3 + i1] = vacc1[lane] + conv0_bias[16*k_vector + lane];
+                        conv0[((n*3 + 16*k_vector + lane)*4 + i0_block + 2)*3 + i1] = vacc2[lane] + conv0_bias[16*k_vector + lane];
+                        conv0[((n*3 + 16*k_vector + lane)*4 + i0_block + 3)*3 + i1] = vacc3[lane] + conv0_bias[16*k_vector + lane];
+                    }
+                } /* i0_block */
             } /* i1 */
-        } /* i0 */
+        } /* k_vector */
     } /* n */
-    /* gemm 3x12x18 x N (batch n); packed conv0~b */
-    if (convc_gemm_f32(2, 1, N, 3, 12, 18, conv0_weight, 0, 18, 1, conv0_b, 216, 1, 18, conv0, 36, 12, 1) != CONVC_OK)
-        return CONVC_ERR_NOMEM;
-    return CONVC_OK;
 }
 
 /* bytes of workspace that convc_conv_stride2_forward needs: the tensors kept from step to step,
@@ -66,7 +82,7 @@ size_t convc_conv_stride2_forward_workspace(int64_t N)
 {
     size_t kept = 0;
     size_t alone = 0;
-    alone = convc_max_size(alone, convc_aligned(sizeof(float) * (size_t)(126*N)) + convc_aligned(sizeof(float) * (size_t)(216*N)));
+    alone = convc_max_size(alone, convc_aligned(sizeof(float) * (size_t)(126*N)) + convc_aligned(sizeof(float) * (size_t)(288)));
     return kept + alone;
 }
 
@@ -84,14 +100,11 @@ int convc_conv_stride2_forward(int64_t N, const float *x, const float *conv0_wei
     char *next = scratch;
     /* each step's own tensors, one step at a time */
     char *alone = next;
-    int status = CONVC_OK;
     next = alone;
     float *conv0_pad = convc_take(&next, sizeof(float) * (size_t)(126*N));
-    float *conv0_b = convc_take(&next, sizeof(float) * (size_t)(216*N));
-    if ((status = convc_conv_stride2_conv0_fwd(N, x, conv0_weight, conv0_bias, conv0, conv0_pad, conv0_b)) != CONVC_OK)
-        goto done;
-done:
+    float *conv0_vectors = convc_take(&next, sizeof(float) * (size_t)(288));
+    convc_conv_stride2_conv0_fwd(N, x, conv0_weight, conv0_bias, conv0_pad, conv0_vectors, conv0);
     if (!workspace)
         convc_free(scratch);
-    return status;
+    return CONVC_OK;
 }

@@ -8,32 +8,54 @@
  *   conv0[n, k, i0, i1] = conv0.bias[k] + sum_{c < 1, m0 < 3, m1 < 3} conv0.weight[k, c, m0, m1]*x[n, c, i0 + m0, i1 + m1]   for n < N, k < 2, i0 < 6, i1 < 6  [eq. 9.7]
  * shapes: 'x' (N, 1, 8, 8), 'conv0.weight' (2, 1, 3, 3), 'conv0.bias' (2,) -> (N, 2, 6, 6)
  */
-static int convc_lenet_conv0_fwd(int64_t N, const float *restrict x, const float *restrict conv0_weight, const float *restrict conv0_bias, float *restrict conv0, float *restrict conv0_b)
+static void convc_lenet_conv0_fwd(int64_t N, const float *restrict x, const float *restrict conv0_weight, const float *restrict conv0_bias, float *restrict conv0_vectors, float *restrict conv0)
 {
+    for (int64_t m0 = 0; m0 < 3; ++m0) {
+        for (int64_t m1 = 0; m1 < 3; ++m1) {
+            for (int64_t lane = 0; lane < 2; ++lane) {
+                conv0_vectors[(m0*3 + m1)*16 + lane] = conv0_weight[(lane*3 + m0)*3 + m1];
+            }
+            for (int64_t lane = 2; lane < 16; ++lane) {
+                conv0_vectors[(m0*3 + m1)*16 + lane] = 0;
+            }
+        } /* m1 */
+    } /* m0 */
     for (int64_t n = 0; n < N; ++n) {
-        for (int64_t k = 0; k < 2; ++k) {
+        for (int64_t k_vector = 0; k_vector < 1; ++k_vector) {
             for (int64_t i0 = 0; i0 < 6; ++i0) {
-                for (int64_t i1 = 0; i1 < 6; ++i1) {
-                    conv0[((n*2 + k)*6 + i0)*6 + i1] = conv0_bias[k];
-                }
-            } /* i0 */
-        } /* k */
-    } /* n */
-    for (int64_t n = 0; n < N; ++n) {
-        for (int64_t m0 = 0; m0 < 3; ++m0) {
-            for (int64_t m1 = 0; m1 < 3; ++m1) {
-                for (int64_t i0 = 0; i0 < 6; ++i0) {
-                    for (int64_t i1 = 0; i1 < 6; ++i1) {
-                        conv0_b[(((n*3 + m0)*3 + m1)*6 + i0)*6 + i1] = x[(n*8 + i0 + m0)*8 + i1 + m1];
+                for (int64_t i1_block = 0; i1_block < 6; i1_block += 6) {
+                    convc_vf32 vacc0 = {0};
+                    convc_vf32 vacc1 = {0};
+                    convc_vf32 vacc2 = {0};
+                    convc_vf32 vacc3 = {0};
+                    convc_vf32 vacc4 = {0};
+                    convc_vf32 vacc5 = {0};
+                    for (int64_t c = 0; c < 1; ++c) {
+                        for (int64_t m0 = 0; m0 < 3; ++m0) {
+                            #pragma GCC unroll 3
+                            for (int64_t m1 = 0; m1 < 3; ++m1) {
+                                convc_vf32 vkernel = convc_vload_f32(&conv0_vectors[(((k_vector + c)*3 + m0)*3 + m1)*16]);
+                                vacc0 += vkernel*x[((n + c)*8 + i0 + m0)*8 + i1_block + m1];
+                                vacc1 += vkernel*x[((n + c)*8 + i0 + m0)*8 + i1_block + m1 + 1];
+                                vacc2 += vkernel*x[((n + c)*8 + i0 + m0)*8 + i1_block + m1 + 2];
+                                vacc3 += vkernel*x[((n + c)*8 + i0 + m0)*8 + i1_block + m1 + 3];
+                                vacc4 += vkernel*x[((n + c)*8 + i0 + m0)*8 + i1_block + m1 + 4];
+                                vacc5 += vkernel*x[((n + c)*8 + i0 + m0)*8 + i1_block + m1 + 5];
+                            }
+                        } /* m0 */
+                    } /* c */
+                    for (int64_t lane = 0; lane < 2 - 16*k_vector; ++lane) {
+                        conv0[((n*2 + 16*k_vector + lane)*6 + i0)*6 + i1_block] = vacc0[lane] + conv0_bias[16*k_vector + lane];
+                        conv0[((n*2 + 16*k_vector + lane)*6 + i0)*6 + i1_block + 1] = vacc1[lane] + conv0_bias[16*k_vector + lane];
+                        conv0[((n*2 + 16*k_vector + lane)*6 + i0)*6 + i1_block + 2] = vacc2[lane] + conv0_bias[16*k_vector + lane];
+                        conv0[((n*2 + 16*k_vector + lane)*6 + i0)*6 + i1_block + 3] = vacc3[lane] + conv0_bias[16*k_vector + lane];
+                        conv0[((n*2 + 16*k_vector + lane)*6 + i0)*6 + i1_block + 4] = vacc4[lane] + conv0_bias[16*k_vector + lane];
+                        conv0[((n*2 + 16*k_vector + lane)*6 + i0)*6 + i1_block + 5] = vacc5[lane] + conv0_bias[16*k_vector + lane];
                     }
-                } /* i0 */
-            } /* m1 */
-        } /* m0 */
+                } /* i1_block */
+            } /* i0 */
+        } /* k_vector */
     } /* n */
-    /* gemm 2x36x9 x N (batch n); packed conv0~b */
-    if (convc_gemm_f32(2, 1, N, 2, 36, 9, conv0_weight, 0, 9, 1, conv0_b, 324, 36, 1, conv0, 72, 36, 1) != CONVC_OK)
-        return CONVC_ERR_NOMEM;
-    return CONVC_OK;
 }
 
 /* node 'relu0' (relu) at test_golden.py:43
@@ -154,7 +176,7 @@ size_t convc_lenet_forward_workspace(int64_t N)
         + convc_aligned(sizeof(float) * (size_t)(18*N))
         + convc_aligned(sizeof(float) * (size_t)(3*N));
     size_t alone = 0;
-    alone = convc_max_size(alone, convc_aligned(sizeof(float) * (size_t)(324*N)));
+    alone = convc_max_size(alone, convc_aligned(sizeof(float) * (size_t)(144)));
     alone = convc_max_size(alone, convc_aligned(sizeof(float) * (size_t)(N)) + convc_aligned(sizeof(float) * (size_t)(N)) + convc_aligned(sizeof(float) * (size_t)(N)));
     return kept + alone;
 }
@@ -183,9 +205,8 @@ int convc_lenet_forward(int64_t N, const float *x, const int64_t *labels, const 
     char *alone = next;
     int status = CONVC_OK;
     next = alone;
-    float *conv0_b = convc_take(&next, sizeof(float) * (size_t)(324*N));
-    if ((status = convc_lenet_conv0_fwd(N, x, conv0_weight, conv0_bias, conv0, conv0_b)) != CONVC_OK)
-        goto done;
+    float *conv0_vectors = convc_take(&next, sizeof(float) * (size_t)(144));
+    convc_lenet_conv0_fwd(N, x, conv0_weight, conv0_bias, conv0_vectors, conv0);
     convc_lenet_relu0_fwd(N, conv0, relu0);
     convc_lenet_pool0_fwd(N, relu0, pool0);
     convc_lenet_flatten0_fwd(N, pool0, flatten0);

@@ -1,0 +1,144 @@
+"""Register-blocked direct sums (`convc.blocked`): that they compute the same function for
+the forward pass and both gradients, what they hold in registers, and when the cost model
+picks them.
+
+The hypothesis suites of test_ops_conv and test_autodiff draw ``algorithm="blocked"`` with
+the rest; here: strided, dilated, grouped and 1-3 D convolutions against numpy, in both
+precisions, with channel counts that leave part of a vector empty and rows that leave a
+narrower last block.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from reference import conv, padding_pairs
+from test_autodiff import conv_grads_scatter
+
+import convc
+from convc import blocked
+from convc.blocked import Blocked
+from convc.explain import explain
+from convc.loops import Block, Let, Loop, walk
+
+WRT = ["x", "conv0.weight", "conv0.bias"]
+
+CASES = {
+    # 20 channels: a full vector and a part of one; 31 columns: blocks of 14, 14, 3
+    "plain": dict(cin=20, size=(6, 31), channels=20, kernel=(3, 3), padding=1),
+    "strided": dict(cin=5, size=(13, 12), channels=17, kernel=(5, 4), stride=2, padding=2),
+    "dilated_groups": dict(cin=4, size=(9, 8), channels=6, kernel=(3, 2), stride=1,
+                           padding=((1, 0), (2, 1)), groups=2, dilation=2),
+    "audio": dict(cin=1, size=(40,), channels=9, kernel=(8,), stride=3, padding=0),
+    "volume": dict(cin=2, size=(5, 6, 4), channels=3, kernel=(3, 3, 2), stride=(1, 2, 1),
+                   padding=1),
+}
+
+
+def conv_graph(cin, size, channels, kernel, stride=1, padding=0, groups=1, dilation=1):
+    g = convc.Graph("blocks")
+    x = g.input("x", (None, cin, *size))
+    g.output(g.conv(x, channels=channels, kernel=kernel, stride=stride, padding=padding,
+                    groups=groups, dilation=dilation))
+    return g
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_values_and_gradients_match_the_references(case, dtype):
+    c = CASES[case]
+    net = convc.compile(conv_graph(**c), dtype, grad=WRT, algorithm="blocked")
+    assert "register-blocked" in net.explain()
+    rank = len(c["size"])
+    stride, dilation = (tuple(np.broadcast_to(c.get(k, 1), rank)) for k in ("stride",
+                                                                              "dilation"))
+    rng = np.random.default_rng(len(case))
+    groups = c.get("groups", 1)
+    x = rng.standard_normal((2, c["cin"], *c["size"]))
+    w = rng.standard_normal((c["channels"], c["cin"] // groups, *c["kernel"]))
+    b = rng.standard_normal(c["channels"])
+    pads = padding_pairs(c["padding"], c["size"], c["kernel"], stride, dilation)
+    G = rng.standard_normal(conv(x, w, b, stride, pads, dilation, groups).shape)
+    args = {"x": x, "conv0.weight": w, "conv0.bias": b, "grad:conv0": G}
+    out, grads = net(**{k: v.astype(dtype) for k, v in args.items()})
+    tol = 1e-10 if dtype == "float64" else 2e-5  # float32: a sum of up to 100 products
+    np.testing.assert_allclose(out, conv(x, w, b, stride, pads, dilation, groups),
+                               rtol=tol, atol=tol)
+    dx, dw, db = conv_grads_scatter(x, w, G, stride, dilation, pads, groups)
+    np.testing.assert_allclose(grads["x"], dx, rtol=tol, atol=tol)
+    np.testing.assert_allclose(grads["conv0.weight"], dw, rtol=tol, atol=tol)
+    np.testing.assert_allclose(grads["conv0.bias"], db, rtol=tol, atol=tol)
+
+
+def _blocked(lowered, role):
+    step = next(s for s in lowered.steps if s.role == role)
+    return [p for p in lowered.parts[step] if isinstance(p, Blocked)]
+
+
+def test_what_each_pass_holds_in_registers():
+    """Forward and h: vectors of output (input) channels by blocks of output (input)
+    columns; g: vectors of output channels by blocks of input channels. A row of 31 is
+    three blocks as even as can be (11, 11, 9); 20 channels, a vector and a part of one."""
+    lowered = convc.lower(conv_graph(**CASES["plain"]), grad=WRT, algorithm="blocked")
+    (fwd,), (h,), (g,) = (_blocked(lowered, r) for r in ("fwd", "dinput", "dweight"))
+    assert (str(fwd.vector), str(fwd.block.var), fwd.width) == ("k", "i1", 11)
+    assert (fwd.extent, fwd.lanes) == (20, 16)
+    assert (str(h.vector), h.extent, int(h.block.stop)) == ("c", 20, 31)
+    assert (str(g.vector), str(g.block.var), g.width) == ("k", "c", 10)
+    nest = walk(blocked.lower(fwd))
+    assert [(s.start, s.stop, s.step) for s in nest if isinstance(s, Loop)
+            and str(s.var) == "i1_block"] == [(0, 22, 11)]
+    tail = next(s for s in nest if isinstance(s, Block))
+    kept = [s.var for s in walk(tail.body) if isinstance(s, Let) and s.value == 0]
+    assert len(kept) == 9
+    assert "i1_block in [0, 22) step 11" in explain(lowered)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    """Each output is summed by one thread in one order: identical bits."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 20, 6, 31)).astype(np.float32)
+    params = {"conv0.weight": rng.standard_normal((20, 20, 3, 3)).astype(np.float32),
+              "conv0.bias": rng.standard_normal(20).astype(np.float32)}
+    outs = [convc.compile(conv_graph(**CASES["plain"]), algorithm="blocked",
+                          num_threads=t)(x=x, **params) for t in (1, 2)]
+    assert np.array_equal(outs[0], outs[1])
+
+
+def test_the_cost_model_takes_it_where_vectors_fill():
+    """A strided layer with 128 channels each way runs blocked; a depthwise layer (one
+    output channel per group: nothing to put in a vector) never does."""
+    g = convc.Graph("strided")
+    x = g.input("x", (8, 128, 56, 56))
+    g.output(g.conv(x, 128, 3, stride=2, padding=1, bias=False, name="conv0"))
+    assert convc.lower(g).algorithms[next(iter(convc.lower(g).algorithms))] == ("blocked",)
+    d = convc.Graph("depthwise")
+    x = d.input("x", (8, 32, 20, 20))
+    d.output(d.conv(x, 32, 3, padding=1, groups=32, bias=False, name="conv0"))
+    lowered = convc.lower(d, grad=True, algorithm="blocked")
+    assert all("blocked" not in used for used in lowered.algorithms.values())
+
+
+def test_a_long_sum_is_split_outside_the_blocks(monkeypatch):
+    """g of a large layer sums over every image and position: its blocks would each read
+    megabytes of the output gradient, so the images loop outside them and each block adds
+    to what the images before stored. Shrunk here so that a small layer splits too."""
+    lowered = convc.lower(conv_graph(cin=64, size=(56, 56), channels=64, kernel=3,
+                                     padding=1), grad=["conv0.weight"], algorithm="blocked")
+    (g,) = _blocked(lowered, "dweight")
+    assert [str(d.var) for d in g.outside] == ["n"]
+    monkeypatch.setattr(blocked, "CACHE", 64 * 40)
+    monkeypatch.setattr(blocked, "LONG_SUM", 7)
+    c = dict(cin=3, size=(5, 7), channels=18, kernel=(2, 3), padding=1)
+    net = convc.compile(conv_graph(**c), "float64", grad=WRT, algorithm="blocked")
+    (g,) = _blocked(net.lowered, "dweight")
+    assert [str(d.var) for d in g.outside] == ["n", "i0"]  # a sum over 7 columns left
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 5, 7))
+    w = rng.standard_normal((18, 3, 2, 3))
+    b = rng.standard_normal(18)
+    pads = padding_pairs(1, (5, 7), (2, 3), (1, 1), (1, 1))
+    G = rng.standard_normal(conv(x, w, b, (1, 1), pads, (1, 1), 1).shape)
+    _, grads = net(x=x, **{"conv0.weight": w, "conv0.bias": b, "grad:conv0": G})
+    _, dw, _ = conv_grads_scatter(x, w, G, (1, 1), (1, 1), pads, 1)
+    np.testing.assert_allclose(grads["conv0.weight"], dw, rtol=1e-10, atol=1e-10)
