@@ -32,8 +32,8 @@ def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str 
 
     ``dtype`` is ``"float32"`` or ``"float64"``. ``grad=True`` adds the backward pass for
     every parameter (or give a list of parameters and inputs); see `Module`.
-    ``algorithm`` (``"auto"``, ``"gemm"``, ``"direct"``, ``"fft"``, ``"winograd"`` or
-    ``"col2im"``) says
+    ``algorithm`` (``"auto"``, ``"gemm"``, ``"direct"``, ``"fft"``, ``"winograd"``,
+    ``"col2im"`` or ``"separable"``) says
     how convolutions, their gradients and dense layers run; ``num_threads`` how many
     threads it may use (default: every core); see `lower`.
     ``tune=True`` times each step with every algorithm on this machine (at a batch of 32,
