@@ -140,7 +140,7 @@ def pads_of(c):
 @functools.lru_cache(maxsize=None)
 def case_net(case, dtype, algorithm):
     c = CASES[case]
-    _, w, b = case_arrays(case)
+    w = case_arrays(case)[1]
     g = convc.Graph("rank1")
     x = g.input("x", (None, c["cin"], *c["sizes"]))
     g.output(g.conv(x, c["channels"], c["kernel"], stride=c["stride"], padding=c["padding"],
@@ -176,7 +176,7 @@ def test_values_and_input_gradient_match_the_references(case, dtype, algorithm):
 
 
 def test_input_gradient_matches_finite_differences():
-    x, w, b = case_arrays("2d_strided")
+    x, _, b = case_arrays("2d_strided")
     net = case_net("2d_strided", "float64", None)
     rng = np.random.default_rng(9)
     y = rng.standard_normal(net(x=x, **{"blur.bias": b})[0].shape)
@@ -262,10 +262,10 @@ def test_a_module_asking_for_passes_keeps_the_others_as_auto():
 
 
 @pytest.mark.parametrize("why, graph, message", [
-    ("learned", lambda: one_layer(5, "separable", weight=None), r"'c'.*is a param, not a "
-                                                                r"constant.*separable=True"),
-    ("rank 2", lambda: one_layer(5, "separable", rank2=True), r"'c'.*'k' is not of rank 1.*"
-                                                               r"pair k=0, c=0"),
+    ("learned", lambda: one_layer(5, "separable", weight=None),
+     r"'c'.*is a param, not a constant.*separable=True"),
+    ("rank 2", lambda: one_layer(5, "separable", rank2=True),
+     r"'c'.*'k' is not of rank 1.*pair k=0, c=0"),
     ("dense", None, r"'d'.*not to a dense"),
 ])
 def test_forcing_passes_that_cannot_be_refuses_naming_the_node(why, graph, message):
