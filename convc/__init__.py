@@ -32,10 +32,10 @@ def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str 
 
     ``dtype`` is ``"float32"`` or ``"float64"``. ``grad=True`` adds the backward pass for
     every parameter (or give a list of parameters and inputs); see `Module`.
-    ``algorithm`` (``"auto"``, ``"gemm"``, ``"direct"``, ``"fft"``, ``"winograd"`` or
-    ``"col2im"``) says
-    how convolutions, their gradients and dense layers run; ``num_threads`` how many
-    threads it may use (default: every core); see `lower`.
+    ``algorithm`` (``"auto"``, ``"gemm"``, ``"direct"``, ``"fft"``, ``"winograd"``,
+    ``"col2im"``, ``"blocked"`` or ``"separable"``) says how convolutions, their gradients
+    and dense layers run; ``num_threads`` how many threads it may use (default: every
+    core); see `lower`.
     ``tune=True`` times each step with every algorithm on this machine (at a batch of 32,
     or of ``tune`` when it is an int) and runs each with the faster; the times are cached
     per machine and step (see `convc.tune`) and shown by `Module.explain`.

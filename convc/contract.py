@@ -38,12 +38,14 @@ from .ir.affine import affine_terms, index_range, is_proven, strides
 from .ir.comprehension import Comprehension, Dim, Reduction
 from .ops import estimate
 
-ALGORITHMS = ("auto", "gemm", "direct", "fft", "winograd", "col2im", "blocked")
+ALGORITHMS = ("auto", "gemm", "direct", "fft", "winograd", "col2im", "blocked", "separable")
 """How contractions run: chosen by cost, always as products where possible, never,
 through spectra where they are correlations or convolutions of unit stride (`spectral`),
 by Winograd's F(2, 3) where those have 3 taps per axis (`winograd`), as one product
-over every tap and a sum of shifted columns (`col2im`), or as direct sums with their
-outputs in vector registers (`blocked`); where one does not apply, as auto."""
+over every tap and a sum of shifted columns (`col2im`), as direct sums with their
+outputs in vector registers (`blocked`), or, for a constant kernel of rank 1, as one 1-D
+pass per axis (`convc.rank`, a rewrite of the graph); where one does not apply, as
+auto."""
 
 MIN_EXTENT = {"m": 1, "n": 8, "k": 8}
 """The least rows, columns and depth per product for which packing pays over direct loops."""

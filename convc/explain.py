@@ -2,7 +2,8 @@
 
 NODE (name, op, file:line), SHAPES, EQUATIONS (the comprehensions as mathematics), FLOPS
 (per example, nominal: every point of every reduction), ALGORITHM (direct loops, or the
-matrix products a contraction was packed into), TIME (estimated, and measured when the
+matrix products a contraction was packed into, after the rank-1 kernel it was separated
+from for a node run as 1-D passes), TIME (estimated, and measured when the
 module was tuned), LOOPS (the loop nest, with the bounds that clipping solved) and C (the
 function and its lines in the source).
 """
@@ -127,8 +128,10 @@ def explain(lowered: Lowered) -> str:
             continue
         fwd, derived = steps[0], steps[1:]
         ins = ", ".join(f"{i} {fmt(lowered.graph.node(i).shape)}" for i in node.inputs)
+        separated = lowered.separated.get(node.name)
+        kind = separated.kind if separated else node.op.kind
         out = [
-            f"NODE      {_shown(node.name)} ({node.op.kind}) at {node.source}",
+            f"NODE      {_shown(node.name)} ({kind}) at {node.source}",
             f"SHAPES    {ins} -> {fmt(node.shape)}",
             "EQUATIONS " + _indent(_equations(fwd.comps)),
         ]
@@ -139,8 +142,10 @@ def explain(lowered: Lowered) -> str:
             total = sum((flops(c, shapes) for c in step.comps), sympy.Integer(0))
             out.append(f"FLOPS     {step.role}: {total.subs(BATCH, 1)} per example")
         for step in steps:
-            out.append(f"ALGORITHM {step.role}: "
-                       f"{_algorithm(lowered.parts[step], lowered.algorithms[step])}")
+            how = _algorithm(lowered.parts[step], lowered.algorithms[step])
+            if separated:
+                how = f"{separated.describe()}; {how}"
+            out.append(f"ALGORITHM {step.role}: {how}")
         for step in steps:
             out.append(f"TIME      {step.role}: {_time(lowered, step)}")
         for step in steps:

@@ -190,9 +190,11 @@ class Graph:
         stride 1 (the odd cell of an even kernel's padding goes after); at stride ``s`` it
         gives ``ceil(size / s)`` outputs, as TensorFlow does. ``weight`` reuses an
         existing parameter instead of creating ``<node>.weight`` (shared weights).
-        ``algorithm`` (``"gemm"``, ``"direct"``, ``"fft"``, ``"winograd"``, ``"col2im"`` or
-        ``"auto"``) overrides, for this node and its gradients, the module's choice of how
-        they run (see `convc.lower`).
+        ``algorithm`` (``"gemm"``, ``"direct"``, ``"fft"``, ``"winograd"``, ``"col2im"``,
+        ``"blocked"``, ``"separable"`` or ``"auto"``) overrides, for this node and its gradients, the
+        module's choice of how they run (see `convc.lower`); ``"separable"`` runs a
+        `constant` weight of rank 1 for every channel pair as one 1-D pass per axis and
+        refuses any other weight (`convc.rank`), which ``"auto"`` does where it pays.
         ``bias`` (section 9.5) is ``"shared"`` (``True``: one per channel), ``"untied"``
         (one per channel and output position, shape ``(channels, out...)``), ``"tiled"``
         (``bias_tiles`` biases cycled along each axis, shape ``(channels, bias_tiles...)``)

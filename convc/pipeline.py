@@ -31,6 +31,7 @@ from .lower import ACCUMULATORS, VECTOR_ACCUMULATORS, lower_node
 from . import blocked, col2im, spectral, winograd
 from .ops import fmt
 from .ops.source import Constant, Input, Param
+from .rank import Separated, separate
 from .sizes import specialise
 from .spectral import Spectra, Transform
 
@@ -77,6 +78,7 @@ class Lowered:
     profile: bool = False
     tuned: dict[tuple[str, str], dict] = field(default_factory=dict)
     algorithms: dict[Step, tuple[str, ...]] = field(default_factory=dict)  # per comprehension
+    separated: dict[str, Separated] = field(default_factory=dict)  # nodes run as 1-D passes
 
     @property
     def sizes(self) -> list:
@@ -125,12 +127,15 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
     arguments (``grad:<output>``) and the parameters' gradients results.
 
     ``algorithm`` says how contractions (convolutions, their gradients, dense layers) run:
-    ``"auto"`` chooses by cost among matrix products, FFTs, Winograd and direct loops,
-    ``"gemm"`` packs every one it can into products, ``"direct"`` none, ``"fft"`` runs every
-    unit-stride correlation through spectra (`convc.spectral`), ``"winograd"`` every 3-tap
-    one by F(2, 3) (`convc.winograd`), ``"col2im"`` every correlation or convolution
-    with channels to sum as one product over all its taps and a sum of shifted columns
-    (`convc.col2im`), the others as ``"auto"``; a layer's own
+    ``"auto"`` chooses by cost among matrix products, FFTs, Winograd, blocked sums and
+    direct loops, ``"gemm"`` packs every one it can into products, ``"direct"`` none,
+    ``"fft"`` runs every unit-stride correlation through spectra (`convc.spectral`),
+    ``"winograd"`` every 3-tap one by F(2, 3) (`convc.winograd`), ``"col2im"`` every
+    correlation or convolution with channels to sum as one product over all its taps and a
+    sum of shifted columns (`convc.col2im`), ``"blocked"`` every one with a channel to put
+    in vectors as sums held in vector registers (`convc.blocked`), ``"separable"`` every convolution or weighted pool whose constant
+    kernel is of rank 1 as one 1-D pass per axis (`convc.rank`; under ``"auto"`` where
+    that pays), the others as ``"auto"``; a layer's own
     ``algorithm=`` overrides it for that node and its gradients.
 
     ``num_threads`` (default: the cores this process may use) shares the large loops and
@@ -169,8 +174,10 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
         raise GraphError(f"algorithm must be one of {ALGORITHMS}, found {algorithm!r} "
                          f"({user_source()})")
     timings: dict[str, float] = {}
+    wrt = _wrt(graph, _nodes_to_run(graph), grad)
+    with _stage("separate", timings):
+        graph, separated = separate(graph, dtype, algorithm, tuned)
     nodes = _nodes_to_run(graph)
-    wrt = _wrt(graph, nodes, grad)
     steps = []
     for node in nodes:
         if not node.is_source:
@@ -208,7 +215,7 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
                              profile)
     return Lowered(graph, dtype, tuple(nodes), tuple(wrt), tuple(steps), buffers, parts,
                    kernels, functions, entry, source, cdef, grads, seeds, timings, threads,
-                   profile, dict(tuned or {}), algorithms)
+                   profile, dict(tuned or {}), algorithms, separated)
 
 
 def _chosen(graph: Graph, step: Step, algorithm: str, tuned) -> str:
@@ -345,6 +352,8 @@ def _schedule(step: Step, shapes: dict[str, tuple], algorithm: str, packed: dict
     as columns and shifted sums, blocked in registers of ``lanes`` lanes, packed into a
     matrix product, or as loops (reading the packings and spectra of earlier steps where
     they are the same); and which of these each one took."""
+    if algorithm == "separable":  # the passes were made by `separate`; they run as "auto"
+        algorithm = "auto"
     parts: list[Part] = []
     used: list[str] = []
     for comp in step.comps:

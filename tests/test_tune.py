@@ -72,8 +72,10 @@ def test_tune_keeps_the_faster_algorithm_of_each_step_and_caches_it(tune_file, m
     with_products = {(s.node, s.role) for s in probe.steps
                      if any(isinstance(p, convc.contract.Gemm) for p in probe.parts[s])}
     assert set(tuned) == with_products and ("conv0", "fwd") in tuned
+    # every candidate is timed but "separable", which has no constant kernel to run here
     for entry in tuned.values():
-        assert set(entry["seconds"]) == set(convc.tune.CANDIDATES) and entry["batch"] == 8
+        assert set(entry["seconds"]) == set(convc.tune.CANDIDATES) - {"separable"}
+        assert entry["batch"] == 8
         assert entry["algorithm"] == min(entry["seconds"], key=entry["seconds"].get)
     assert len(json.loads(tune_file.read_text())) == len(tuned)
     # tuned or not, the module computes the same function
