@@ -32,13 +32,14 @@ import sympy
 from .contract import _in_box, _padded, cost, pack
 from .ir.affine import strides
 from .ir.comprehension import Comprehension, Dim, Reduction
-from .loops import Block, Lane, Let, Loop, LoopKind, Stmt, Store, Update, VLoad
+from .loops import At, Block, Let, Loop, LoopKind, Stmt, Store, Update, VLoad
 from .ops import estimate
 from .spectral import correlation
 
 WIDTH = 14
 """The most outputs along ``b`` kept in vector registers at once: with the kernel's vector
-and a broadcast value, 16 of the target's 32 vector registers."""
+and a broadcast value, 16 of the target's 32 vector registers (the accumulators are an
+array whose loops are unrolled: the compiler keeps each element in a register)."""
 
 UNROLLED = 16
 """The longest innermost sum written out (a row of taps); a longer one stays a loop."""
@@ -51,10 +52,10 @@ so that the blocks of one stretch of the sum share what they read from the cache
 LONG_SUM = 512
 """The fewest points a block's sum keeps, so that its stores stay rare."""
 
-ACCUMULATORS = tuple(sympy.Symbol(f"vacc{i}") for i in range(WIDTH))
+ACCUMULATORS = sympy.Symbol("vacc")
 KERNEL_VECTOR = sympy.Symbol("vkernel")
 LANE = sympy.Symbol("lane", integer=True, nonnegative=True)
-LOCALS = (*ACCUMULATORS, KERNEL_VECTOR, LANE)
+LOCALS = (ACCUMULATORS, KERNEL_VECTOR, LANE)
 
 
 @dataclass(frozen=True)
@@ -90,10 +91,20 @@ class Blocked:
                                              *self.reduced)), self.lanes)
 
     @property
+    def start(self) -> sympy.Symbol:
+        """The first of a block's values of ``block``."""
+        return sympy.Symbol(f"{self.block.var}_block", integer=True, nonnegative=True)
+
+    @property
+    def offset(self) -> sympy.Symbol:
+        """A value's place in its block, which is its accumulator's."""
+        return sympy.Symbol(f"{self.block.var}_in", integer=True, nonnegative=True)
+
+    @property
     def variables(self) -> tuple[sympy.Symbol, ...]:
-        """Every loop variable of its C: those it was given and those it adds."""
+        """Every loop variable and local of its C: those it was given and those it adds."""
         return (*(d.var for d in (*self.outside, *self.loops, self.block, *self.reduced)),
-                *LOCALS)
+                self.start, self.offset, *LOCALS)
 
     def reads(self) -> list[str]:
         return [str(self.signal.base.label), str(self.kernel.base.label)] + sorted(
@@ -163,7 +174,7 @@ def lower(part: Blocked, parallel: bool = True) -> tuple[Stmt, ...]:
     b = part.block
     extent = int(b.stop)
     full, tail = extent - extent % part.width, extent % part.width
-    start = sympy.Symbol(f"{b.var}_block", integer=True, nonnegative=True)
+    start = part.start
     nest: tuple[Stmt, ...] = ()
     if full:
         nest += (Loop(start, 0, full, _tile(part, start, part.width), step=part.width),)
@@ -181,30 +192,32 @@ def lower(part: Blocked, parallel: bool = True) -> tuple[Stmt, ...]:
 
 
 def _tile(part: Blocked, start: sympy.Expr, width: int) -> tuple[Stmt, ...]:
-    """One block of ``width`` outputs along ``b`` from ``start``, ``lanes`` along ``v``."""
-    accs = ACCUMULATORS[:width]
-    b = part.block.var
+    """One block of ``width`` outputs along ``b`` from ``start``, ``lanes`` along ``v``:
+    the array of accumulators, the sum and the stores, the accumulators' loops unrolled."""
+    b, i = part.block.var, part.offset
+
+    def each(body: tuple[Stmt, ...]) -> Loop:
+        return Loop(i, 0, width, body, LoopKind.UNROLL)
+
+    acc = At(ACCUMULATORS, i)
     step: tuple[Stmt, ...] = (
         Let(KERNEL_VECTOR, VLoad(part.kernel), vector=True),
-        *(Update(a, Reduction.SUM, KERNEL_VECTOR * part.signal.xreplace({b: start + i}))
-          for i, a in enumerate(accs)))
-    for i, d in enumerate(reversed(part.reduced)):
-        unroll = i == 0 and sympy.sympify(d.stop).is_Integer and int(d.stop) <= UNROLLED
+        each((Update(acc, Reduction.SUM,
+                     KERNEL_VECTOR * part.signal.xreplace({b: start + i})),)))
+    for n, d in enumerate(reversed(part.reduced)):
+        unroll = n == 0 and sympy.sympify(d.stop).is_Integer and int(d.stop) <= UNROLLED
         step = (Loop(d.var, d.start, d.stop, step, LoopKind.UNROLL if unroll
                      else LoopKind.SERIAL),)
-    at = {part.vector: part.lanes * part.vector_block + LANE}
-    first = sympy.And(*(sympy.Eq(d.var, d.start) for d in part.outside))
-    stores = []
-    for i, a in enumerate(accs):
-        point = {**at, b: start + i}
-        init = sympy.Integer(0) if part.init is None else part.init.xreplace(point)
-        target = part.output.xreplace(point)
-        if part.outside:  # the first stretch of the sum starts from init, the others add
-            init = sympy.Piecewise((init, first), (target, True))
-        stores.append(Store(target, init + Lane(a, LANE)))
+    point = {part.vector: part.lanes * part.vector_block + LANE, b: start + i}
+    init = sympy.Integer(0) if part.init is None else part.init.xreplace(point)
+    target = part.output.xreplace(point)
+    if part.outside:  # the first stretch of the sum starts from init, the others add
+        first = sympy.And(*(sympy.Eq(d.var, d.start) for d in part.outside))
+        init = sympy.Piecewise((init, first), (target, True))
     last = sympy.Min(part.lanes, part.extent - part.lanes * part.vector_block)
-    return (*(Let(a, sympy.Integer(0), vector=True) for a in accs), *step,
-            Loop(LANE, 0, last if part.extent % part.lanes else part.lanes, tuple(stores)))
+    return (Let(ACCUMULATORS, sympy.Integer(0), vector=True, count=width), *step,
+            Loop(LANE, 0, last if part.extent % part.lanes else part.lanes,
+                 (each((Store(target, init + At(acc, LANE)),)),)))
 
 
 def _width(extent: int) -> int:

@@ -34,11 +34,13 @@ class LoopKind(str, enum.Enum):
 @dataclass(frozen=True)
 class Let:
     """A local: a scalar, or with ``vector`` a vector of the target's width (64 bytes),
-    the `VLoad` ``value`` or every lane zero (``value`` 0)."""
+    the `VLoad` ``value`` or every lane zero (``value`` 0); with ``count``, an array of
+    that many, every one zero."""
 
     var: sympy.Symbol
     value: sympy.Expr
     vector: bool = False
+    count: int | None = None
 
 
 class VLoad(sympy.Function):
@@ -49,8 +51,11 @@ class VSum(sympy.Function):
     """The sum of a vector's lanes."""
 
 
-class Lane(sympy.Function):
-    """One lane of a vector local: ``Lane(v, i)`` is ``v[i]``."""
+class At(sympy.Function):
+    """An element of a local array, or a lane of a vector local: ``At(v, i)`` is ``v[i]``."""
+
+    def _sympystr(self, printer) -> str:
+        return f"{printer._print(self.args[0])}[{printer._print(self.args[1])}]"
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,7 @@ def format_nest(stmts, indent: str = "") -> str:
             lines.append(format_nest(s.body, indent))
         elif isinstance(s, Let):
             vector = "vector of " if s.vector and not isinstance(s.value, VLoad) else ""
+            vector = f"{s.count} vectors of " if s.count else vector
             lines.append(f"{indent}{s.var} = {vector}{s.value}")
         elif isinstance(s, ArgMaxUpdate):
             lines.append(f"{indent}if {s.value} > acc: acc, arg = {s.value}, {s.index}")

@@ -87,7 +87,7 @@ class CPrinter(C99CodePrinter):
     def _print_VSum(self, expr) -> str:
         return f"convc_vsum_{self.suffix}(&{self._print(expr.args[0])})"
 
-    def _print_Lane(self, expr) -> str:
+    def _print_At(self, expr) -> str:
         return f"{self._print(expr.args[0])}[{self._int(expr.args[1])}]"
 
     def _print_Indexed(self, expr) -> str:

@@ -100,7 +100,8 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, threads: int = 1) -
     if isinstance(stmt, Let):
         if stmt.vector:
             value = p(stmt.value) if isinstance(stmt.value, VLoad) else f"{{{p(stmt.value)}}}"
-            return [f"{indent}{printer.vector_type} {stmt.var} = {value};"]
+            array = f"[{stmt.count}]" if stmt.count else ""
+            return [f"{indent}{printer.vector_type} {stmt.var}{array} = {value};"]
         ctype = "int64_t" if stmt.var.is_integer else printer.float_type
         return [f"{indent}{ctype} {stmt.var} = {p(stmt.value)};"]
     if isinstance(stmt, ArgMaxUpdate):
@@ -111,7 +112,7 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, threads: int = 1) -
                 f"{inner}}}", f"{indent}}}"]
     if isinstance(stmt, Update):
         if stmt.reduction is Reduction.SUM:
-            return [f"{indent}{stmt.var} += {p(stmt.value)};"]
+            return [f"{indent}{p(stmt.var)} += {p(stmt.value)};"]
         return [f"{indent}{stmt.var} = {p(Reduction.MAX.combine(stmt.var, stmt.value))};"]
     if isinstance(stmt, Store):
         return [f"{indent}{p(stmt.target)} = {p(stmt.value)};"]

@@ -48,28 +48,25 @@ static void convc_conv_stride2_conv0_fwd(int64_t N, const float *restrict x, con
         for (int64_t k_vector = 0; k_vector < 1; ++k_vector) {
             for (int64_t i1 = 0; i1 < 3; ++i1) {
                 for (int64_t i0_block = 0; i0_block < 4; i0_block += 4) {
-                    convc_vf32 vacc0 = {0};
-                    convc_vf32 vacc1 = {0};
-                    convc_vf32 vacc2 = {0};
-                    convc_vf32 vacc3 = {0};
+                    convc_vf32 vacc[4] = {0};
                     for (int64_t c = 0; c < 2; ++c) {
                         for (int64_t m0 = 0; m0 < 3; ++m0) {
                             #pragma GCC unroll 3
                             for (int64_t m1 = 0; m1 < 3; ++m1) {
                                 convc_vf32 vkernel = convc_vload_f32(&conv0_vectors[(((k_vector*2 + c)*3 + m0)*3 + m1)*16]);
-                                vacc0 += vkernel*conv0_pad[((n*2 + c)*9 + 2*i0_block + m0)*7 + 2*i1 + m1];
-                                vacc1 += vkernel*conv0_pad[((n*2 + c)*9 + 2*i0_block + m0 + 2)*7 + 2*i1 + m1];
-                                vacc2 += vkernel*conv0_pad[((n*2 + c)*9 + 2*i0_block + m0 + 4)*7 + 2*i1 + m1];
-                                vacc3 += vkernel*conv0_pad[((n*2 + c)*9 + 2*i0_block + m0 + 6)*7 + 2*i1 + m1];
-                            }
+                                #pragma GCC unroll 4
+                                for (int64_t i0_in = 0; i0_in < 4; ++i0_in) {
+                                    vacc[i0_in] += vkernel*conv0_pad[((n*2 + c)*9 + 2*i0_block + 2*i0_in + m0)*7 + 2*i1 + m1];
+                                }
+                            } /* m1 */
                         } /* m0 */
                     } /* c */
                     for (int64_t lane = 0; lane < 3 - 16*k_vector; ++lane) {
-                        conv0[((n*3 + 16*k_vector + lane)*4 + i0_block)*3 + i1] = vacc0[lane] + conv0_bias[16*k_vector + lane];
-                        conv0[((n*3 + 16*k_vector + lane)*4 + i0_block + 1)*3 + i1] = vacc1[lane] + conv0_bias[16*k_vector + lane];
-                        conv0[((n*3 + 16*k_vector + lane)*4 + i0_block + 2)*3 + i1] = vacc2[lane] + conv0_bias[16*k_vector + lane];
-                        conv0[((n*3 + 16*k_vector + lane)*4 + i0_block + 3)*3 + i1] = vacc3[lane] + conv0_bias[16*k_vector + lane];
-                    }
+                        #pragma GCC unroll 4
+                        for (int64_t i0_in = 0; i0_in < 4; ++i0_in) {
+                            conv0[((n*3 + 16*k_vector + lane)*4 + i0_block + i0_in)*3 + i1] = vacc[i0_in][lane] + conv0_bias[16*k_vector + lane];
+                        }
+                    } /* lane */
                 } /* i0_block */
             } /* i1 */
         } /* k_vector */

@@ -24,34 +24,25 @@ static void convc_lenet_conv0_fwd(int64_t N, const float *restrict x, const floa
         for (int64_t k_vector = 0; k_vector < 1; ++k_vector) {
             for (int64_t i0 = 0; i0 < 6; ++i0) {
                 for (int64_t i1_block = 0; i1_block < 6; i1_block += 6) {
-                    convc_vf32 vacc0 = {0};
-                    convc_vf32 vacc1 = {0};
-                    convc_vf32 vacc2 = {0};
-                    convc_vf32 vacc3 = {0};
-                    convc_vf32 vacc4 = {0};
-                    convc_vf32 vacc5 = {0};
+                    convc_vf32 vacc[6] = {0};
                     for (int64_t c = 0; c < 1; ++c) {
                         for (int64_t m0 = 0; m0 < 3; ++m0) {
                             #pragma GCC unroll 3
                             for (int64_t m1 = 0; m1 < 3; ++m1) {
                                 convc_vf32 vkernel = convc_vload_f32(&conv0_vectors[(((k_vector + c)*3 + m0)*3 + m1)*16]);
-                                vacc0 += vkernel*x[((n + c)*8 + i0 + m0)*8 + i1_block + m1];
-                                vacc1 += vkernel*x[((n + c)*8 + i0 + m0)*8 + i1_block + m1 + 1];
-                                vacc2 += vkernel*x[((n + c)*8 + i0 + m0)*8 + i1_block + m1 + 2];
-                                vacc3 += vkernel*x[((n + c)*8 + i0 + m0)*8 + i1_block + m1 + 3];
-                                vacc4 += vkernel*x[((n + c)*8 + i0 + m0)*8 + i1_block + m1 + 4];
-                                vacc5 += vkernel*x[((n + c)*8 + i0 + m0)*8 + i1_block + m1 + 5];
-                            }
+                                #pragma GCC unroll 6
+                                for (int64_t i1_in = 0; i1_in < 6; ++i1_in) {
+                                    vacc[i1_in] += vkernel*x[((n + c)*8 + i0 + m0)*8 + i1_block + i1_in + m1];
+                                }
+                            } /* m1 */
                         } /* m0 */
                     } /* c */
                     for (int64_t lane = 0; lane < 2 - 16*k_vector; ++lane) {
-                        conv0[((n*2 + 16*k_vector + lane)*6 + i0)*6 + i1_block] = vacc0[lane] + conv0_bias[16*k_vector + lane];
-                        conv0[((n*2 + 16*k_vector + lane)*6 + i0)*6 + i1_block + 1] = vacc1[lane] + conv0_bias[16*k_vector + lane];
-                        conv0[((n*2 + 16*k_vector + lane)*6 + i0)*6 + i1_block + 2] = vacc2[lane] + conv0_bias[16*k_vector + lane];
-                        conv0[((n*2 + 16*k_vector + lane)*6 + i0)*6 + i1_block + 3] = vacc3[lane] + conv0_bias[16*k_vector + lane];
-                        conv0[((n*2 + 16*k_vector + lane)*6 + i0)*6 + i1_block + 4] = vacc4[lane] + conv0_bias[16*k_vector + lane];
-                        conv0[((n*2 + 16*k_vector + lane)*6 + i0)*6 + i1_block + 5] = vacc5[lane] + conv0_bias[16*k_vector + lane];
-                    }
+                        #pragma GCC unroll 6
+                        for (int64_t i1_in = 0; i1_in < 6; ++i1_in) {
+                            conv0[((n*2 + 16*k_vector + lane)*6 + i0)*6 + i1_block + i1_in] = vacc[i1_in][lane] + conv0_bias[16*k_vector + lane];
+                        }
+                    } /* lane */
                 } /* i1_block */
             } /* i0 */
         } /* k_vector */
