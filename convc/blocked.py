@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from .contract import _in_box, _padded, cost, pack
+from .contract import _in_box, _padded, pack
 from .ir.affine import strides
 from .ir.comprehension import Comprehension, Dim, Reduction
 from .loops import At, Block, Let, Loop, LoopKind, Stmt, Store, Update, VLoad
@@ -40,6 +40,10 @@ WIDTH = 14
 """The most outputs along ``b`` kept in vector registers at once: with the kernel's vector
 and a broadcast value, 16 of the target's 32 vector registers (the accumulators are an
 array whose loops are unrolled: the compiler keeps each element in a register)."""
+
+NARROWEST = 8
+"""The fewest outputs a block should hold to keep the multiply-adds busy (their latency
+over their throughput)."""
 
 UNROLLED = 16
 """The longest innermost sum written out (a row of taps); a longer one stays a loop."""
@@ -148,22 +152,22 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], packed: dict, lanes: int
     return tuple(parts)
 
 
-def pays(comp: Comprehension, shapes: dict[str, tuple], lanes: int) -> bool:
-    """Whether the blocked sum beats the best products or loops of ``comp``, in the units of
-    `contract.cost` (a multiply-add of a full matrix-product tile): a multiply-add in a
-    vector lane costs as much, the lanes past the last of ``v`` are paid for too, and every
-    element copied (the padded signal, the blocked kernel) or stored one lane at a time is
-    a pass through memory (32, as in `col2im.pays`)."""
+def price(comp: Comprehension, shapes: dict[str, tuple], lanes: int) -> float:
+    """What the blocked sum costs, in the units of `contract.cost` (a multiply-add of a
+    full matrix-product tile): a multiply-add in a vector lane costs as much, the lanes past
+    the last of ``v`` are paid for too, and every element copied (the padded signal, the
+    blocked kernel) or stored one lane at a time is a pass through memory (32, as in
+    `col2im.price`). Infinite where it does not apply."""
     trial = dict(shapes)
     found = _found(comp, trial, lanes)
     if found is None:
-        return False
+        return math.inf
     comp, signal, kernel, vector, _ = found
     filled = int(vector.stop) / (lanes * -(-int(vector.stop) // lanes))
     macs = math.prod(estimate(d.stop) for d in comp.variables)
     copied = sum(math.prod(estimate(n) for n in trial[str(a.base.label)])
                  for a in (signal, kernel)) + math.prod(estimate(d.stop) for d in comp.free)
-    return macs / filled + 32 * copied < cost(comp, shapes)
+    return macs / filled + 32 * copied
 
 
 def lower(part: Blocked, parallel: bool = True) -> tuple[Stmt, ...]:
@@ -263,12 +267,12 @@ def _found(comp: Comprehension, shapes, lanes: int):
 
 
 def _block(dims: list[Dim], comp, signal, shapes) -> Dim:
-    """The variable held in registers: of those with at least `WIDTH` values (or, failing
-    any, the longest), the one whose neighbours lie closest in the signal (an output
-    column rather than an image)."""
+    """The variable held in registers: of those with at least `NARROWEST` values (or,
+    failing any, the longest), the one whose neighbours lie closest in the signal (an
+    output column rather than an image)."""
     coeffs, _ = strides(signal, shapes[str(signal.base.label)], [d.var for d in comp.variables])
     longest = max(int(d.stop) for d in dims)
-    wide = [d for d in dims if int(d.stop) >= min(WIDTH, longest)]
+    wide = [d for d in dims if int(d.stop) >= min(NARROWEST, longest)]
     return min(wide, key=lambda d: _magnitude(coeffs.get(d.var, 0)))
 
 

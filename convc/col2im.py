@@ -45,26 +45,33 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], packed: dict) -> tuple |
     if parts is None:
         return None
     columns, gather = parts
-    key = ("columns", columns.body, columns.free, columns.reduced)
+    key = _key(columns)
     if key in packed:
         return (gather.renamed({columns.tensor: packed[key]}),)
     packed[key] = columns.tensor
     return (*(product(columns, shapes, True, packed) or (columns,)), gather)
 
 
-def pays(comp: Comprehension, shapes: dict[str, tuple]) -> bool:
-    """Whether the product into columns and the shifted sum beat the best products or loops
-    of ``comp`` itself, in the units of `contract.cost`; each column element written and
-    read again is a pass through memory (32)."""
+def price(comp: Comprehension, shapes: dict[str, tuple], packed: dict) -> float:
+    """What the product into columns and the shifted sum cost, in the units of
+    `contract.cost` (the sum alone where ``packed`` holds the columns already); each
+    column element written and read again is a pass through memory (32). Infinite where
+    they do not apply."""
     trial = dict(shapes)
     parts = _split(comp, trial)
     if parts is None:
-        return False
+        return math.inf
     columns, gather = parts
-    elements = math.prod(estimate(n) for n in trial[columns.tensor])
     macs = math.prod(estimate(d.stop) for d in gather.variables)
-    ours = cost(columns, trial) + direct_rate(gather, trial) * macs + 32 * elements
-    return ours < cost(comp, shapes)
+    if _key(columns) in packed:
+        return direct_rate(gather, trial) * macs
+    elements = math.prod(estimate(n) for n in trial[columns.tensor])
+    return cost(columns, trial) + direct_rate(gather, trial) * macs + 32 * elements
+
+
+def _key(columns: Comprehension) -> tuple:
+    """What makes two products into columns the same (their names differ)."""
+    return ("columns", columns.body, columns.free, columns.reduced)
 
 
 def _split(comp: Comprehension, shapes) -> tuple[Comprehension, Comprehension] | None:

@@ -13,6 +13,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from .ir.comprehension import ACC, ARG, Comprehension, Reduction
 from .loops import Kernel
 from .autodiff import Names, derive
 from .blocked import Blocked
-from .contract import ALGORITHMS, Gemm, Part, plan
+from .contract import ALGORITHMS, Gemm, Part, cost, plan
 from .lower import ACCUMULATORS, VECTOR_ACCUMULATORS, lower_node
 from . import blocked, col2im, spectral, winograd
 from .ops import fmt
@@ -358,22 +359,37 @@ def _schedule(step: Step, shapes: dict[str, tuple], algorithm: str, packed: dict
     used: list[str] = []
     for comp in step.comps:
         product, name = None, "direct"
-        if algorithm == "winograd" or (algorithm == "auto" and winograd.pays(comp, shapes)):
-            product, name = winograd.plan(comp, shapes, packed), "winograd"
-        if product is None and (algorithm == "fft" or algorithm == "auto"
-                                and spectral.pays(comp, shapes)):
-            product, name = spectral.plan(comp, shapes, packed), "fft"
-        if product is None and (algorithm == "col2im" or algorithm == "auto"
-                                and col2im.pays(comp, shapes)):
-            product, name = col2im.plan(comp, shapes, packed), "col2im"
-        if product is None and (algorithm == "blocked" or algorithm == "auto"
-                                and blocked.pays(comp, shapes, lanes)):
-            product, name = blocked.plan(comp, shapes, packed, lanes), "blocked"
+        for name in _ranked(comp, shapes, algorithm, lanes, packed):
+            product = _alternatives(lanes, packed)[name][1](comp, shapes, packed)
+            if product is not None:
+                break
         if product is None and algorithm != "direct":
             product, name = plan(comp, shapes, algorithm == "gemm", packed), "gemm"
         parts += product or [comp]
         used.append(name if product else "direct")
     return tuple(parts), tuple(used)
+
+
+def _alternatives(lanes: int, packed: dict) -> dict:
+    """The ways a contraction can run besides products and loops: each one's price (in the
+    units of `contract.cost`, infinite where it does not apply; what ``packed`` holds
+    already is not paid for again) and plan."""
+    return {"winograd": (winograd.price, winograd.plan),
+            "fft": (spectral.price, spectral.plan),
+            "col2im": (partial(col2im.price, packed=packed), col2im.plan),
+            "blocked": (partial(blocked.price, lanes=lanes), partial(blocked.plan, lanes=lanes))}
+
+
+def _ranked(comp: Comprehension, shapes, algorithm: str, lanes: int, packed: dict
+            ) -> list[str]:
+    """The alternatives to try for ``comp``: the one asked for, or under ``"auto"`` those
+    cheaper than its best products or loops, cheapest first."""
+    alternatives = _alternatives(lanes, packed)
+    if algorithm != "auto":
+        return [algorithm] if algorithm in alternatives else []
+    baseline = cost(comp, shapes)
+    prices = {name: price(comp, shapes) for name, (price, _) in alternatives.items()}
+    return sorted((name for name, p in prices.items() if p < baseline), key=prices.get)
 
 
 def _buffers(graph, nodes, parts, grads, seeds, float_type, shapes) -> dict[str, Buffer]:
@@ -415,9 +431,9 @@ def _buffers(graph, nodes, parts, grads, seeds, float_type, shapes) -> dict[str,
         elif c.tensor in nodes_by_name:
             node = nodes_by_name[c.tensor]
             add(c.tensor, node.shape, node.dtype, "temp")
-        else:
+        else:  # as planned: a spectral product may write only some rows of its tensor
             dtype = c.dtype or ("int64" if c.reduction is Reduction.ARGMAX else "float")
-            add(c.tensor, _extent(c), dtype, "temp")
+            add(c.tensor, shapes.get(c.tensor) or _extent(c), dtype, "temp")
     order = ("input", "param", "seed", "output", "grad", "const", "temp")
     return dict(sorted(out.items(), key=lambda kv: order.index(kv[1].role)))
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from .contract import View, collapses, cost, from_zero, operands, pack, same_constraint
+from .contract import View, collapses, from_zero, operands, pack, same_constraint
 from .ir.affine import affine_terms, index_range, is_proven, strides
 from .ir.comprehension import Comprehension, Dim, Reduction
 from .ops import estimate
@@ -425,20 +425,22 @@ def _crop(comp, found: Match, back: str):
                          equation=f"{comp.tensor} from its spectrum")
 
 
-def pays(comp: Comprehension, shapes: dict[str, tuple]) -> bool:
-    """Whether spectra beat the best products or loops, in the units of `contract.cost`
-    (a multiply-add in a full GEMM tile): a copied or transformed element costs what a
-    packed one does (32), a transform's butterflies about 6·P·log2(P) per array of P
-    points, and a complex multiply-add of the spectral product about 40. Only where the
-    transformed axes are the last of every tensor, in order (else the copies transpose)."""
+def price(comp: Comprehension, shapes: dict[str, tuple]) -> float:
+    """What spectra cost, in the units of `contract.cost` (a multiply-add in a full GEMM
+    tile): a copied or transformed element about 16 (half a packed one's: the transforms
+    work in cache), a transform's butterflies about 2·P·log2(P) per array of P points, and
+    a complex multiply-add of the spectral product about 40 (as measured against the
+    products and blocked sums of L1, L2, L7 and L10 of `convc.bench`); infinite where they
+    do not apply, or where the transformed axes are not the last of every tensor, in order
+    (the copies would transpose)."""
     matched = correlation(comp, shapes)
     if matched is None:
-        return False
+        return math.inf
     comp, found, _, dims = matched
     for access, role in ((found.s, 0), (found.k, 1), (comp.output, 2)):
         spatial = _positions(found, role)
         if spatial != list(range(len(access.indices) - len(spatial), len(access.indices))):
-            return False  # the copies would transpose: rows of a column each, slowly
+            return math.inf  # the copies would transpose: rows of a column each, slowly
     points, spectrum = math.prod(dims), math.prod(half(dims))
     spatial = {x for axis in found.axes for x in axis[3:5]}
     arrays = 0.0
@@ -447,5 +449,5 @@ def pays(comp: Comprehension, shapes: dict[str, tuple]) -> bool:
                    if p not in _positions(found, role)]
         arrays += math.prod(estimate(n) for n in channel)
     channels = math.prod(estimate(d.stop) for d in comp.variables if d.var not in spatial)
-    fft = arrays * (32 * (points + 2 * spectrum) + 6 * points * math.log2(max(points, 2)))
-    return fft + 40 * channels * spectrum < cost(comp, shapes)
+    fft = arrays * (16 * (points + 2 * spectrum) + 2 * points * math.log2(max(points, 2)))
+    return fft + 40 * channels * spectrum

