@@ -257,8 +257,10 @@ def _outputs_in_registers(comp: Comprehension, shapes, lanes: int = 1,
             if not (vector and inner.var in untested):
                 return (scalar,)
             split = start + lanes * sympy.floor((stop - start) / lanes)
-            return (Loop(inner.var, start, split, updates(untested, True), step=lanes),
-                    replace(scalar, start=split))
+            vectors = Loop(inner.var, start, split, updates(untested, True), step=lanes)
+            if sympy.expand(stop - split) == 0:  # whole vectors: no points left over
+                return (vectors,)
+            return (vectors, replace(scalar, start=split))
 
         if inner.var not in interiors:
             return run(inner.start, inner.stop, inside | {inner.var})
@@ -292,7 +294,8 @@ def _arithmetic(expr) -> bool:
 
 def _register_dims(comp: Comprehension, shapes) -> list[Dim] | None:
     """The innermost free variables that `_outputs_in_registers` moves inside the sum: of
-    constant extents, 2 to `REGISTER_OUTPUTS` points; None when the comprehension is not a
+    constant extents, up to `REGISTER_OUTPUTS` points (none: one output per point of the
+    others, as a bias gradient has); None when the comprehension is not a
     plain sum over a box whose innermost reduced variable reads in steps of 0 or 1 (for at
     least 16 points), or a read can leave its tensor other than along a reduced variable
     moved by one of those free variables (`_interiors`)."""
@@ -311,7 +314,7 @@ def _register_dims(comp: Comprehension, shapes) -> list[Dim] | None:
             break
         small.insert(0, d)
         count *= int(d.stop)
-    if count < 2 or _interiors(comp, shapes, [d.var for d in comp.reduced], small) is None:
+    if _interiors(comp, shapes, [d.var for d in comp.reduced], small) is None:
         return None
     return small
 

@@ -48,7 +48,7 @@ class Module:
         self._dims = {b.name: tuple(int(d) if d.is_Integer else d
                                     for d in map(sympy.sympify, b.shape))
                       for b in self._arguments}  # ints, or size symbols such as N
-        self._pointer = {b.name: f"{b.ctype} *" for b in self._arguments}
+        self._array = {b.name: f"{b.ctype}[]" for b in self._arguments}  # cffi's view type
         self._default_seeds: dict[tuple, np.ndarray] = {}
         self.dtype = lowered.dtype
         self._ranges = _integer_ranges(lowered)
@@ -145,7 +145,7 @@ class Module:
                 args[b.name] = np.empty(shape, NUMPY[self.dtype])
         ffi = self._ffi
         pointers = [sizes[s] for s in self._sizes]
-        pointers += [ffi.cast(self._pointer[b.name], args[b.name].ctypes.data)
+        pointers += [ffi.from_buffer(self._array[b.name], args[b.name])
                      for b in self._arguments]
         pointers.append(self._workspace([sizes[s] for s in self._sizes]))
         status = self._entry(*pointers)

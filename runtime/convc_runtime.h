@@ -169,4 +169,13 @@ int convc_spectra_f64(int threads, int conj, int64_t batch, int64_t M, int64_t N
                       const double *B, int64_t sb, int64_t rsb, int64_t csb,
                       double *C, int64_t sc, int64_t rsc, int64_t csc);
 
+/* Optimizer steps (optim.c), in place on n contiguous elements of arrays that do not
+ * overlap: see convc.train.Adam. */
+void convc_adam_f32(int64_t n, float *restrict p, const float *restrict g, float *restrict m,
+                    float *restrict v, double lr, double b1, double b2, double eps,
+                    double decay, double c1, double c2);
+void convc_adam_f64(int64_t n, double *restrict p, const double *restrict g,
+                    double *restrict m, double *restrict v, double lr, double b1, double b2,
+                    double eps, double decay, double c1, double c2);
+
 #endif /* CONVC_RUNTIME_H */

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reference import conv, padding_pairs
-from test_autodiff import conv_grads_scatter
+from test_col2im import check_against_references, conv_graph
 
 import convc
 from convc import blocked
@@ -35,39 +34,14 @@ CASES = {
 }
 
 
-def conv_graph(cin, size, channels, kernel, stride=1, padding=0, groups=1, dilation=1):
-    g = convc.Graph("blocks")
-    x = g.input("x", (None, cin, *size))
-    g.output(g.conv(x, channels=channels, kernel=kernel, stride=stride, padding=padding,
-                    groups=groups, dilation=dilation))
-    return g
-
-
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_values_and_gradients_match_the_references(case, dtype):
-    c = CASES[case]
-    net = convc.compile(conv_graph(**c), dtype, grad=WRT, algorithm="blocked")
+    net = convc.compile(conv_graph(**CASES[case]), dtype, grad=WRT, algorithm="blocked")
     assert "register-blocked" in net.explain()
-    rank = len(c["size"])
-    stride, dilation = (tuple(np.broadcast_to(c.get(k, 1), rank)) for k in ("stride",
-                                                                              "dilation"))
-    rng = np.random.default_rng(len(case))
-    groups = c.get("groups", 1)
-    x = rng.standard_normal((2, c["cin"], *c["size"]))
-    w = rng.standard_normal((c["channels"], c["cin"] // groups, *c["kernel"]))
-    b = rng.standard_normal(c["channels"])
-    pads = padding_pairs(c["padding"], c["size"], c["kernel"], stride, dilation)
-    G = rng.standard_normal(conv(x, w, b, stride, pads, dilation, groups).shape)
-    args = {"x": x, "conv0.weight": w, "conv0.bias": b, "grad:conv0": G}
-    out, grads = net(**{k: v.astype(dtype) for k, v in args.items()})
-    tol = 1e-10 if dtype == "float64" else 2e-5  # float32: a sum of up to 100 products
-    np.testing.assert_allclose(out, conv(x, w, b, stride, pads, dilation, groups),
-                               rtol=tol, atol=tol)
-    dx, dw, db = conv_grads_scatter(x, w, G, stride, dilation, pads, groups)
-    np.testing.assert_allclose(grads["x"], dx, rtol=tol, atol=tol)
-    np.testing.assert_allclose(grads["conv0.weight"], dw, rtol=tol, atol=tol)
-    np.testing.assert_allclose(grads["conv0.bias"], db, rtol=tol, atol=tol)
+    # float32: sums of up to 100 products
+    check_against_references(net, CASES[case], len(case), dtype,
+                             1e-10 if dtype == "float64" else 2e-5)
 
 
 def _blocked(lowered, role):
@@ -133,12 +107,4 @@ def test_a_long_sum_is_split_outside_the_blocks(monkeypatch):
     net = convc.compile(conv_graph(**c), "float64", grad=WRT, algorithm="blocked")
     (g,) = _blocked(net.lowered, "dweight")
     assert [str(d.var) for d in g.outside] == ["n", "i0"]  # a sum over 7 columns left
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((2, 3, 5, 7))
-    w = rng.standard_normal((18, 3, 2, 3))
-    b = rng.standard_normal(18)
-    pads = padding_pairs(1, (5, 7), (2, 3), (1, 1), (1, 1))
-    G = rng.standard_normal(conv(x, w, b, (1, 1), pads, (1, 1), 1).shape)
-    _, grads = net(x=x, **{"conv0.weight": w, "conv0.bias": b, "grad:conv0": G})
-    _, dw, _ = conv_grads_scatter(x, w, G, (1, 1), (1, 1), pads, 1)
-    np.testing.assert_allclose(grads["conv0.weight"], dw, rtol=1e-10, atol=1e-10)
+    check_against_references(net, c, seed=5)

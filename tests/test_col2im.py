@@ -39,27 +39,33 @@ def conv_graph(cin, size, channels, kernel, stride=1, padding=0, groups=1, dilat
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_values_and_gradients_match_the_references(case):
-    c = CASES[case]
-    net = convc.compile(conv_graph(**c), "float64", grad=WRT, algorithm="col2im")
+    net = convc.compile(conv_graph(**CASES[case]), "float64", grad=WRT, algorithm="col2im")
     assert "col2im" in net.explain()
+    check_against_references(net, CASES[case], seed=len(case))
+
+
+def check_against_references(net, c: dict, seed: int, dtype: str = "float64",
+                             tol: float = 1e-10) -> None:
+    """The module of `conv_graph(**c)`: its output and its three gradients against numpy
+    (the forward sum, and the gradients scattered from it), on random arrays."""
     rank = len(c["size"])
     stride, dilation = (tuple(np.broadcast_to(c.get(k, 1), rank)) for k in ("stride",
                                                                               "dilation"))
-    rng = np.random.default_rng(len(case))
+    rng = np.random.default_rng(seed)
     groups = c.get("groups", 1)
     x = rng.standard_normal((2, c["cin"], *c["size"]))
     w = rng.standard_normal((c["channels"], c["cin"] // groups, *c["kernel"]))
     b = rng.standard_normal(c["channels"])
     pads = padding_pairs(c["padding"], c["size"], c["kernel"], stride, dilation)
-    out, _ = net(x=x, **{"conv0.weight": w, "conv0.bias": b})
     expected = conv(x, w, b, stride, pads, dilation, groups)
-    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
-    G = rng.standard_normal(out.shape)
-    _, grads = net(x=x, **{"conv0.weight": w, "conv0.bias": b, "grad:conv0": G})
+    G = rng.standard_normal(expected.shape)
+    args = {"x": x, "conv0.weight": w, "conv0.bias": b, "grad:conv0": G}
+    out, grads = net(**{k: v.astype(dtype) for k, v in args.items()})
+    np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
     dx, dw, db = conv_grads_scatter(x, w, G, stride, dilation, pads, groups)
-    np.testing.assert_allclose(grads["x"], dx, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(grads["conv0.weight"], dw, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(grads["conv0.bias"], db, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(grads["x"], dx, rtol=tol, atol=tol)
+    np.testing.assert_allclose(grads["conv0.weight"], dw, rtol=tol, atol=tol)
+    np.testing.assert_allclose(grads["conv0.bias"], db, rtol=tol, atol=tol)
 
 
 def _products(lowered, role):

@@ -400,3 +400,28 @@ def test_fit_prints_by_default(classifier, capsys):
     assert len(out) == 2
     assert out[0].startswith("epoch   1") and out[1].startswith("epoch   2")
     assert all("images/s" in line and "accuracy" not in line for line in out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_in_the_runtime_and_in_numpy_agree(dtype):
+    """A contiguous parameter steps in the runtime's convc_adam_*; a strided view of the
+    same values (which it cannot take) with numpy: the same formula, the same numbers to
+    the last few units."""
+    from convc.train import _compiled_step
+
+    rng = np.random.default_rng(2)
+    values = rng.standard_normal((6, 5)).astype(dtype)
+    grads = [rng.standard_normal((6, 5)).astype(dtype) for _ in range(4)]
+    contiguous = {"w": values.copy()}
+    holder = np.zeros((6, 10), dtype)
+    strided = {"w": holder[:, ::2]}
+    strided["w"][...] = values
+    runtime, plain = (Adam(p, lr=0.05, weight_decay=0.01) for p in (contiguous, strided))
+    assert _compiled_step(contiguous["w"], grads[0], runtime.m["w"], runtime.v["w"])
+    assert _compiled_step(strided["w"], grads[0], plain.m["w"], plain.v["w"]) is None
+    for g in grads:
+        runtime.step({"w": g})
+        plain.step({"w": g})
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(contiguous["w"], strided["w"], rtol=64 * eps, atol=64 * eps)
+    assert not np.allclose(contiguous["w"], values)
