@@ -395,7 +395,9 @@ def _view(comp, name, access, rows, cols, outer, batch, where, shapes, packed):
 def _padded(comp, access, fill, dims, shapes, packed):
     """``access`` read from a copy of its tensor with the fill around it, wide enough that
     the access never leaves it: the copy is one pass over the tensor, after which packing
-    (which reads each element up to kernel-size times) copies whole rows with no bounds."""
+    (which reads each element up to kernel-size times) copies whole rows with no bounds.
+    A copy made already (``packed``) that holds the box is read instead (the phases of a
+    strided input gradient read boxes of the output gradient a cell apart)."""
     tensor = str(access.base.label)
     extents = {d.var: d.stop for d in dims}
     lows, sizes = [], []
@@ -407,11 +409,18 @@ def _padded(comp, access, fill, dims, shapes, packed):
             return access, []
         lows.append(lo)
         sizes.append(hi - lo + 1)
+    made_already = packed.setdefault(("pads", tensor, fill), [])
+    for label, their_lows, their_sizes in made_already:  # one that holds this box will do
+        if all(is_proven(t <= lo) and is_proven(lo + n <= t + m)
+               for lo, n, t, m in zip(lows, sizes, their_lows, their_sizes)):
+            return sympy.IndexedBase(label)[tuple(i - t for i, t in zip(access.indices,
+                                                                         their_lows))], []
     axes = [sympy.Symbol(f"p{i}", integer=True) for i in range(len(sizes))]
     source = access.base[tuple(a + lo for a, lo in zip(axes, lows))]
     pad_dims = [Dim(a, 0, n) for a, n in zip(axes, sizes)]
     label, made = pack(comp, "pad", pad_dims, source, fill, frozenset(), shapes, packed,
                         f"pads {tensor} for {comp.tensor}")
+    made_already.append((label, lows, sizes))
     return sympy.IndexedBase(label)[tuple(i - lo for i, lo in zip(access.indices, lows))], made
 
 

@@ -108,3 +108,15 @@ def test_a_long_sum_is_split_outside_the_blocks(monkeypatch):
     (g,) = _blocked(net.lowered, "dweight")
     assert [str(d.var) for d in g.outside] == ["n", "i0"]  # a sum over 7 columns left
     check_against_references(net, c, seed=5)
+
+
+def test_the_phases_of_a_strided_input_gradient_read_one_padded_copy():
+    """Each phase reads a box of the output gradient a cell from the others'; the copy the
+    first one pads holds them all."""
+    lowered = convc.lower(conv_graph(**CASES["strided"]), grad=["x"], algorithm="blocked")
+    step = next(s for s in lowered.steps if s.role == "dinput")
+    assert lowered.algorithms[step] == ("blocked",) * 4
+    pads = [p for p in lowered.parts[step] if "~pad" in getattr(p, "tensor", "")]
+    assert len(pads) == 1
+    reads = {str(p.signal.base.label) for p in _blocked(lowered, "dinput")}
+    assert reads == {pads[0].tensor}
