@@ -112,11 +112,11 @@ def test_a_long_sum_is_split_outside_the_blocks(monkeypatch):
 
 def test_the_phases_of_a_strided_input_gradient_read_one_padded_copy():
     """Each phase reads a box of the output gradient a cell from the others'; the copy the
-    first one pads holds them all."""
+    first one pads holds them all (a phase that stays inside reads the gradient itself)."""
     lowered = convc.lower(conv_graph(**CASES["strided"]), grad=["x"], algorithm="blocked")
     step = next(s for s in lowered.steps if s.role == "dinput")
     assert lowered.algorithms[step] == ("blocked",) * 4
     pads = [p for p in lowered.parts[step] if "~pad" in getattr(p, "tensor", "")]
     assert len(pads) == 1
-    reads = {str(p.signal.base.label) for p in _blocked(lowered, "dinput")}
-    assert reads == {pads[0].tensor}
+    reads = [str(p.signal.base.label) for p in _blocked(lowered, "dinput")]
+    assert set(reads) <= {pads[0].tensor, "seed:conv0"} and reads.count(pads[0].tensor) > 1
