@@ -34,7 +34,7 @@ from .ir.affine import strides
 from .ir.comprehension import Comprehension, Dim, Reduction
 from .loops import At, Block, Let, Loop, LoopKind, Stmt, Store, Update, VLoad
 from .ops import estimate
-from .spectral import correlation
+from .spectral import correlation, fresh_name
 
 WIDTH = 14
 """The most outputs along ``b`` kept in vector registers at once: with the kernel's vector
@@ -55,6 +55,17 @@ so that the blocks of one stretch of the sum share what they read from the cache
 
 LONG_SUM = 512
 """The fewest points a block's sum keeps, so that its stores stay rare."""
+
+SHARED = 16
+"""The fewest blocks of outputs the threads share; with fewer, the sum is split
+(`_split`)."""
+
+PARTIALS = 2**22
+"""The most elements the partial results of a split sum may take (16 MiB of float)."""
+
+STRETCH = 2**20
+"""The fewest vector multiply-adds a stretch of the sum taken outside the blocks keeps:
+the threads share each stretch, and meet at its end."""
 
 ACCUMULATORS = sympy.Symbol("vacc")
 KERNEL_VECTOR = sympy.Symbol("vkernel")
@@ -145,11 +156,23 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], packed: dict, lanes: int
     blocked_kernel = sympy.IndexedBase(name)[(*(d.var for d in dims[:-1]), 0)]
     loops = tuple(Dim(vb, 0, blocks) if d.var == vector.var else d for d in comp.free
                   if d.var != block.var)
-    outside = _outside(reduced)
-    parts.append(Blocked(comp.tensor, comp.output, comp.init, signal, blocked_kernel, loops,
-                         vector.var, vb, int(vector.stop), block, tuple(reduced[len(outside):]),
-                         lanes, _width(int(block.stop)), tuple(outside)))
-    return tuple(parts)
+    outside = _outside(reduced, math.prod(estimate(d.stop) for d in (*loops, block)))
+    split = None if outside else _split(reduced, loops, comp)
+    if split is None:
+        return (*parts, Blocked(comp.tensor, comp.output, comp.init, signal, blocked_kernel,
+                                loops, vector.var, vb, int(vector.stop), block,
+                                tuple(reduced[len(outside):]), lanes,
+                                _width(int(block.stop)), tuple(outside)))
+    partial = fresh_name(f"{comp.tensor}~partial", shapes)
+    shapes[partial] = (split.stop, *(d.stop for d in comp.free))
+    at = sympy.IndexedBase(partial)[(split.var, *(d.var for d in comp.free))]
+    total = Comprehension(output=comp.output, free=comp.free, reduced=(split,),
+                          reduction=Reduction.SUM, body=at, init=comp.init,
+                          equation=f"{comp.tensor}: its partial sums over {split.var}, in order")
+    return (*parts, Blocked(partial, at, None, signal, blocked_kernel, (split, *loops),
+                            vector.var, vb, int(vector.stop), block,
+                            tuple(d for d in reduced if d is not split), lanes,
+                            _width(int(block.stop))), total)
 
 
 def price(comp: Comprehension, shapes: dict[str, tuple], lanes: int) -> float:
@@ -230,16 +253,32 @@ def _width(extent: int) -> int:
     return -(-extent // -(-extent // WIDTH))
 
 
-def _outside(reduced: list[Dim]) -> list[Dim]:
+def _outside(reduced: list[Dim], vectors: float) -> list[Dim]:
     """The outermost reduced dimensions to loop outside the blocks: while a block's sum
-    reads more than `CACHE` bytes of kernel vectors (64 a point) and what is left keeps at
-    least `LONG_SUM` points."""
+    reads more than `CACHE` bytes of kernel vectors (64 a point), and what is left keeps at
+    least `LONG_SUM` points and `STRETCH` vector multiply-adds over all ``vectors`` outputs
+    (each stretch is one round of the threads)."""
     points = [estimate(sympy.sympify(d.stop)) for d in reduced]
     taken = 0
     while (taken < len(reduced) - 1 and math.prod(points[taken:]) * 64 > CACHE
-           and math.prod(points[taken + 1:]) >= LONG_SUM):
+           and math.prod(points[taken + 1:]) >= LONG_SUM
+           and math.prod(points[taken + 1:]) * vectors >= STRETCH):
         taken += 1
     return reduced[:taken]
+
+
+def _split(reduced: list[Dim], loops, comp: Comprehension) -> Dim | None:
+    """The reduced dimension whose values each sum a partial result of their own, where the
+    blocks alone are too few to share among threads (a small kernel's gradient: 5 blocks,
+    each a sum over every image): the outermost, of at least 4 values (a batch of any
+    size), if its partial results are not too many (`PARTIALS` elements)."""
+    if not reduced or math.prod(estimate(d.stop) for d in loops) >= SHARED:
+        return None
+    first = reduced[0]
+    count = estimate(sympy.sympify(first.stop))  # the batch, as `convc.ops.estimate` takes it
+    if count < 4 or count * math.prod(estimate(d.stop) for d in comp.free) > PARTIALS:
+        return None
+    return first
 
 
 def _found(comp: Comprehension, shapes, lanes: int):

@@ -103,6 +103,7 @@ def test_a_long_sum_is_split_outside_the_blocks(monkeypatch):
     assert [str(d.var) for d in g.outside] == ["n"]
     monkeypatch.setattr(blocked, "CACHE", 64 * 40)
     monkeypatch.setattr(blocked, "LONG_SUM", 7)
+    monkeypatch.setattr(blocked, "STRETCH", 1)
     c = dict(cin=3, size=(5, 7), channels=18, kernel=(2, 3), padding=1)
     net = convc.compile(conv_graph(**c), "float64", grad=WRT, algorithm="blocked")
     (g,) = _blocked(net.lowered, "dweight")
@@ -120,3 +121,22 @@ def test_the_phases_of_a_strided_input_gradient_read_one_padded_copy():
     assert len(pads) == 1
     reads = [str(p.signal.base.label) for p in _blocked(lowered, "dinput")]
     assert set(reads) <= {pads[0].tensor, "seed:conv0"} and reads.count(pads[0].tensor) > 1
+
+
+def test_a_sum_into_few_blocks_is_split_into_partial_sums():
+    """A 5x5 kernel gradient of 6 channels is 5 blocks, too few to share among threads:
+    each image sums its own partial result (the images run in parallel with the blocks),
+    then the partial results are added in order. Same numbers on 1 and 2 threads."""
+    c = dict(cin=1, size=(12, 12), channels=6, kernel=(5, 5), padding=0)
+    nets = [convc.compile(conv_graph(**c), "float64", grad=WRT, algorithm="blocked",
+                          num_threads=t) for t in (1, 2)]
+    (g,) = _blocked(nets[0].lowered, "dweight")
+    assert g.tensor == "grad:conv0.weight~partial" and str(g.loops[0].var) == "n"
+    assert "n" not in {str(d.var) for d in g.reduced}
+    check_against_references(nets[1], c, seed=6)
+    rng = np.random.default_rng(7)
+    args = {"x": rng.standard_normal((5, 1, 12, 12)),
+            "conv0.weight": rng.standard_normal((6, 1, 5, 5)),
+            "conv0.bias": rng.standard_normal(6), "grad:conv0": rng.standard_normal((5, 6, 8, 8))}
+    one, two = (net(**args)[1]["conv0.weight"] for net in nets)
+    assert np.array_equal(one, two)
