@@ -63,7 +63,7 @@ SHARED = 16
 PARTIALS = 2**22
 """The most elements the partial results of a split sum may take (16 MiB of float)."""
 
-STRETCH = 2**20
+STRETCH = 2**16
 """The fewest vector multiply-adds a stretch of the sum taken outside the blocks keeps:
 the threads share each stretch, and meet at its end."""
 
