@@ -60,7 +60,7 @@ class At(sympy.Function):
 
 @dataclass(frozen=True)
 class Update:
-    var: sympy.Symbol
+    var: sympy.Expr  # a local, or an element of a local array (`At`)
     reduction: Reduction
     value: sympy.Expr
 
