@@ -20,6 +20,14 @@ vector width, innermost (zero past the last of ``v``): a blocked layout, made on
 and read in order; the signal is read from a zero-padded copy where it can leave its tensor
 (as im2col's packing reads it), so no loop tests a bound. The store writes each lane to its
 own place in the caller's layout, which stays as the graph has it.
+
+Two schedules of the sum follow from its size. Where a block's sum would read more than
+`CACHE` bytes of kernel vectors (g, summed over every image and position), its outermost
+reduced loops run outside the blocks, and each block adds to what the stretch before
+stored: the blocks of one stretch share the kernel vectors in the cache. Where the blocks
+are too few to share among the threads (`SHARED`), the outermost reduced variable becomes
+a free one of partial results, which the threads share with the blocks, and a second sum
+adds them in order (Halide calls it rfactor): the same bits for any thread count.
 """
 
 from __future__ import annotations
@@ -78,7 +86,8 @@ class Blocked:
     """``output = init + Σ_reduced VLoad(kernel)·signal``, blocked as the module says:
     ``loops`` (outermost first) are the free variables but ``block``, with ``vector``
     replaced by its vector index ``vector_block``; ``kernel`` is the blocked kernel's
-    access at lane 0; ``extent`` the values of ``vector``."""
+    access at lane 0; ``extent`` the values of ``vector``; ``outside`` the reduced
+    variables looped outside the blocks."""
 
     tensor: str
     output: sympy.Indexed
