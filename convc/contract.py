@@ -134,14 +134,18 @@ def cost(comp: Comprehension, shapes: dict[str, tuple]) -> float:
 
 
 def direct_rate(comp: Comprehension, shapes) -> float:
-    """What a multiply-add costs in direct loops, in multiply-adds of a full GEMM tile: 4
-    for a short window summed along rows of 64 or more, or a long sum into a few outputs
-    held in registers (vectorised; a shorter row pays its loop overhead in proportion),
-    96 for a gathered sum bounded by its constraints, else 32."""
-    from .lower import row_length
+    """What a multiply-add costs in direct loops, in multiply-adds of a full GEMM tile: 2
+    for a long sum into a few outputs held in vector registers (a small dense layer: one
+    load of the input per output), 4 for a short window summed along rows of 64 or more
+    (vectorised; a shorter row pays its loop overhead in proportion), 96 for a gathered sum
+    bounded by its constraints, else 32."""
+    from .lower import vector_row
 
-    row = row_length(comp, shapes)
-    return 4 * max(1.0, 64 / row) if row else 96 if comp.where else 32
+    found = vector_row(comp, shapes)
+    if found is None:
+        return 96 if comp.where else 32
+    form, row = found
+    return (2 if form == "registers" else 4) * max(1.0, 64 / row)
 
 
 def from_zero(comp: Comprehension) -> Comprehension:

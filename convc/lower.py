@@ -73,15 +73,15 @@ SHORT_WINDOW = 27
 chains too many dependent additions per output; it adds whole rows instead."""
 
 
-def row_length(comp: Comprehension, shapes) -> float:
-    """The row along which a short window (see `_windowed` and `_reduction_outside`) or a
-    sum into few outputs (`_outputs_in_registers`) runs vectorised, or 0 when it does not
-    run that way."""
+def vector_row(comp: Comprehension, shapes) -> tuple[str, float] | None:
+    """``("registers", row)`` for a sum into few outputs (`_outputs_in_registers`),
+    ``("window", row)`` for a short window (`_windowed`, `_reduction_outside`), with the
+    row along which it runs vectorised; None when it does not run either way."""
     if _register_dims(comp, shapes) is not None:
-        return estimate(comp.reduced[-1].stop)
+        return "registers", estimate(comp.reduced[-1].stop)
     if _window_plan(comp, shapes) is None and _reduction_outside(comp, shapes) is None:
-        return 0.0
-    return estimate(comp.free[-1].stop)
+        return None
+    return "window", estimate(comp.free[-1].stop)
 
 
 def _windowed(comp: Comprehension, shapes) -> tuple[Stmt, ...] | None:
