@@ -91,6 +91,8 @@ def test_phases_of_a_strided_input_gradient_share_one_product():
     (dict(cin=3, size=(64, 64), channels=64, kernel=7, stride=2, padding=3), "col2im"),
     (dict(cin=1, size=(2000,), channels=32, kernel=64, stride=4), "col2im"),
     (dict(cin=32, size=(16, 16), channels=32, kernel=3, stride=2, padding=1), "blocked"),
+    # LeNet's conv2: its gather clips every window to the 8x8 columns it reads
+    (dict(cin=6, size=(12, 12), channels=16, kernel=5), "col2im"),
 ])
 def test_cost_model_takes_columns_where_the_input_has_few_channels(case, expected):
     """An input gradient with 1 or 3 channels is a product of 1 or 3 rows taken directly;
