@@ -359,8 +359,8 @@ def _schedule(step: Step, shapes: dict[str, tuple], algorithm: str, packed: dict
     used: list[str] = []
     for comp in step.comps:
         product, name = None, "direct"
-        for name in _ranked(comp, shapes, algorithm, lanes, packed):
-            product = _alternatives(lanes, packed)[name][1](comp, shapes, packed)
+        for name, run in _ranked(comp, shapes, algorithm, lanes, packed):
+            product = run(comp, shapes, packed)
             if product is not None:
                 break
         if product is None and algorithm != "direct":
@@ -381,15 +381,16 @@ def _alternatives(lanes: int, packed: dict) -> dict:
 
 
 def _ranked(comp: Comprehension, shapes, algorithm: str, lanes: int, packed: dict
-            ) -> list[str]:
-    """The alternatives to try for ``comp``: the one asked for, or under ``"auto"`` those
-    cheaper than its best products or loops, cheapest first."""
+            ) -> list[tuple[str, object]]:
+    """The alternatives to try for ``comp``, with their plans: the one asked for, or under
+    ``"auto"`` those cheaper than its best products or loops, cheapest first."""
     alternatives = _alternatives(lanes, packed)
     if algorithm != "auto":
-        return [algorithm] if algorithm in alternatives else []
+        return [(algorithm, alternatives[algorithm][1])] if algorithm in alternatives else []
     baseline = cost(comp, shapes)
     prices = {name: price(comp, shapes) for name, (price, _) in alternatives.items()}
-    return sorted((name for name, p in prices.items() if p < baseline), key=prices.get)
+    return [(name, alternatives[name][1])
+            for name in sorted((n for n, p in prices.items() if p < baseline), key=prices.get)]
 
 
 def _buffers(graph, nodes, parts, grads, seeds, float_type, shapes) -> dict[str, Buffer]:
