@@ -447,7 +447,7 @@ def lower_node(node: str, inputs: tuple[str, ...], parts, shapes: dict[str, tupl
     `lower_comprehension`.
     """
     nests = tuple(s for p in parts for s in _lower_part(p, shapes, lanes, integers))
-    writes = tuple(dict.fromkeys(_written(p) for p in parts))
+    writes = tuple(dict.fromkeys(written(p) for p in parts))
     used = {t for p in parts for t in _read(p)} - set(writes)
     reads = [t for t in dict.fromkeys(inputs) if t in used] + sorted(used - set(inputs))
     return Kernel(node, nests, tuple(reads), writes)
@@ -464,7 +464,8 @@ def _lower_part(part, shapes, lanes: int, integers: frozenset) -> tuple[Stmt, ..
     return nest
 
 
-def _written(part) -> str:
+def written(part) -> str:
+    """The tensor a part (a comprehension, product, transform or blocked sum) writes."""
     if isinstance(part, Transform):
         return part.target
     return part.tensor if isinstance(part, Comprehension | Blocked) else part.c.tensor

@@ -28,7 +28,7 @@ from .loops import Kernel
 from .autodiff import Names, derive
 from .blocked import Blocked
 from .contract import ALGORITHMS, Gemm, Part, cost, plan
-from .lower import ACCUMULATORS, VECTOR_ACCUMULATORS, lower_node
+from .lower import ACCUMULATORS, VECTOR_ACCUMULATORS, lower_node, written
 from . import blocked, col2im, spectral, winograd
 from .ops import fmt
 from .ops.source import Constant, Input, Param
@@ -424,9 +424,7 @@ def _buffers(graph, nodes, parts, grads, seeds, float_type, shapes) -> dict[str,
         add(grad, nodes_by_name[name].shape, "float", "grad")
     for c in parts:  # the first comprehension writing a scratch tensor covers all of it
         if isinstance(c, Transform | Spectra | Gemm | Blocked):
-            written = {Transform: "target", Blocked: "tensor"}.get(type(c))
-            written = getattr(c, written) if written else c.c.tensor
-            add(written, shapes[written], "float", "temp")
+            add(written(c), shapes[written(c)], "float", "temp")
         elif not isinstance(c, Comprehension):
             continue
         elif c.tensor in nodes_by_name:
