@@ -11,6 +11,7 @@ function and its lines in the source).
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 
 import numpy as np
@@ -243,13 +244,16 @@ def _indent(text: str, extra: int = 0, first: bool = False) -> str:
 
 
 def _function_lines(lowered: Lowered) -> dict:
-    """``start-end`` line numbers of each step's function in the source, 1-based."""
+    """``start-end`` line numbers of each step's functions in the source, 1-based: its
+    comment header, the bodies of its parallel loops and its own."""
     text = lowered.source.splitlines()
     found = {}
     for step, fname in lowered.functions.items():
-        start = next(i for i, line in enumerate(text) if f" {fname}(" in line)
+        start = next(i for i, line in enumerate(text)
+                     if re.match(rf"static \w+ {fname}(_\w+)?\(", line))
         while start > 0 and text[start - 1].strip() and not text[start - 1].startswith("}"):
             start -= 1  # include the comment header
-        end = next(i for i in range(start, len(text)) if text[i] == "}")
+        own = next(i for i, line in enumerate(text) if f" {fname}(" in line)
+        end = next(i for i in range(own, len(text)) if text[i] == "}")
         found[step] = f"{start + 1}-{end + 1}"
     return found

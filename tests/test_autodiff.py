@@ -677,10 +677,15 @@ def has_division(expr) -> bool:
 
 
 def c_function_lines(source: str, name: str) -> list[str]:
+    """The lines of C function ``name`` and of those its parallel loops call
+    (``name_<loop variables>``)."""
     lines = source.splitlines()
-    start = next(i for i, line in enumerate(lines) if f" {name}(" in line)
-    end = next(i for i in range(start, len(lines)) if lines[i] == "}")
-    return lines[start:end + 1]
+    found = []
+    for start, line in enumerate(lines):
+        if re.match(rf"static \w+ {name}(_\w+)?\(", line):
+            end = next(i for i in range(start, len(lines)) if lines[i] == "}")
+            found += lines[start:end + 1]
+    return found
 
 
 def innermost_c_lines(lines: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ from convc.contract import Gemm, plan
 from convc.ir.comprehension import Comprehension, Reduction
 from convc.loops import Update, VLoad, walk
 from convc.lower import lower_comprehension
+from test_autodiff import c_function_lines
 
 
 def conv_graph(padding=1, stride=1, channels=32, cin=16, size=8, groups=1):
@@ -114,8 +115,8 @@ def test_plan_leaves_non_products_alone():
 
 
 def function(source, name):
-    start = source.index(f" {name}(")
-    return source[start:source.index("\n}\n", start)]
+    """The text of C function ``name`` and of those its parallel loops call."""
+    return "\n".join(c_function_lines(source, name))
 
 
 @pytest.mark.parametrize("stride", [1, 2])

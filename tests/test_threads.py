@@ -2,6 +2,7 @@
 not depend on the count beyond the order of a kernel gradient's partial sums, and a given
 count gives the same bits on every run."""
 
+import re
 import threading
 
 import numpy as np
@@ -80,3 +81,24 @@ def test_threaded_module_serves_several_python_threads(batch):
 def test_num_threads_must_be_a_positive_int(bad):
     with pytest.raises(convc.GraphError, match="num_threads must be a positive int"):
         convc.lower(network(), num_threads=bad)
+
+
+def test_parallel_loop_bodies_are_functions_whose_pointers_stay_restrict():
+    """GCC moves an OpenMP loop's body into a function of its own in which the kernel's
+    pointers lose ``restrict``; a body with loops in it is therefore a function of its own
+    with ``restrict`` pointers, called with the loop's variables (all of a collapse)."""
+    source = convc.compile(network(), grad=True, num_threads=2).source
+    pragma = re.compile(r"#pragma omp parallel for(?: collapse\((\d+)\))? num_threads\(2\)\n"
+                        r"((?:\s*for \(int64_t (\w+) = .*\n)+)\s*(\w+)\((.*)\);\n")
+    calls = list(pragma.finditer(source))
+    assert len(calls) >= 5
+    for call in calls:
+        loops = re.findall(r"for \(int64_t (\w+) =", call.group(2))
+        assert len(loops) == int(call.group(1) or 1)
+        name, args = call.group(4), call.group(5).split(", ")
+        assert args[-len(loops):] == loops
+        signature = re.search(rf"static void {name}\((.*)\)\n{{", source).group(1)
+        pointers = [p for p in signature.split(", ") if "*" in p]
+        assert pointers and all("*restrict " in p for p in pointers)
+        assert signature.endswith(", ".join(f"int64_t {v}" for v in loops))
+    assert any(int(c.group(1) or 1) > 1 for c in calls)  # the blocked sums' collapsed loops

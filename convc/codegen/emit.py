@@ -8,7 +8,7 @@ Every user string reaches the C only through `names.c_identifier` or `names.c_co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import sympy
 
@@ -58,45 +58,125 @@ def parameter_list(sizes, reads, writes, buffers, restrict: bool = True) -> str:
 def emit_kernel(kernel: Kernel, fname: str, header: list[str], buffers, printer,
                 threads: int = 1) -> str:
     """The C function of one node: its comment header, signature and loop nests; parallel
-    loops and matrix products use up to ``threads`` threads."""
+    loops and matrix products use up to ``threads`` threads.
+
+    The body of a parallel loop with loops in it is a function of its own (`_outline`,
+    after the header), called from the loop: GCC moves an OpenMP loop's body into a function whose pointers are no longer
+    ``restrict``, and then tests for aliasing and reloads the kernel's values each step,
+    unless the body is a function that says so itself."""
     sizes = size_symbols(buffers[t] for t in kernel.reads + kernel.writes)
     comment = "\n".join(f" * {c_comment(line)}".rstrip() for line in header)
     params = parameter_list(sizes, kernel.reads, kernel.writes, buffers)
+    context = _Context(fname, params, [str(s) for s in sizes]
+                       + [buffers[t].cname for t in kernel.reads + kernel.writes], threads,
+                       declared=_declares(kernel.nests))
     if kernel.transforms:
         params += ", void *restrict fft_scratch"
     kind = "int" if kernel.can_fail else "void"
-    lines = [f"/*{comment[2:]}\n */", f"static {kind} {fname}({params})", "{"]
+    lines = [f"static {kind} {fname}({params})", "{"]
     for stmt in kernel.nests:
-        lines += emit_stmt(stmt, printer, buffers, INDENT, threads)
+        lines += emit_stmt(stmt, printer, buffers, INDENT, context)
     if kernel.can_fail:
         lines.append(f"{INDENT}return CONVC_OK;")
     lines.append("}")
-    return "\n".join(lines)
+    return f"/*{comment[2:]}\n */\n" + "\n\n".join([*context.outlined, "\n".join(lines)])
 
 
-def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, threads: int = 1) -> list[str]:
+@dataclass
+class _Context:
+    """What emitting a kernel's statements needs besides them: its name, parameters and
+    the arguments that pass them on, its threads, the loops around the statement, and the
+    functions the bodies of its parallel loops became."""
+
+    fname: str
+    params: str
+    args: list[str]
+    threads: int
+    around: tuple[sympy.Symbol, ...] = ()
+    declared: bool = False
+    outlined: list[str] = field(default_factory=list)
+    names: set[str] = field(default_factory=set)
+
+    def inside(self, stmt: Loop | Block) -> "_Context":
+        around = (*self.around, stmt.var) if isinstance(stmt, Loop) else self.around
+        return replace(self, around=around, declared=self.declared or _declares(stmt.body))
+
+
+def _declares(stmts) -> bool:
+    return any(isinstance(s, Let) for s in stmts)
+
+
+def _outline(stmt: Loop, printer: CPrinter, buffers, indent: str, context: _Context
+             ) -> list[str]:
+    """A parallel loop (and the ``collapse - 1`` loops in it) calling a function of its
+    own for each iteration, with the kernel's parameters and the loop variables."""
+    loops = [stmt]
+    while len(loops) < stmt.collapse:
+        loops.append(loops[-1].body[0])
+    around = (*context.around, *(loop.var for loop in loops))
+    name = f"{context.fname}_{'_'.join(str(loop.var) for loop in loops)}"
+    name += f"_{len(context.outlined) + 1}" if name in context.names else ""
+    context.names.add(name)
+    inner = replace(context, around=around)
+    body = [line for s in loops[-1].body
+            for line in emit_stmt(s, printer, buffers, INDENT, inner)]
+    variables = ", ".join(f"int64_t {v}" for v in around)
+    where = ", ".join(str(v) for v in around[len(context.around):])
+    context.outlined.append("\n".join([
+        f"/* one iteration of {context.fname}'s parallel loop over {where} */",
+        f"static void {name}({context.params}, {variables})", "{", *body, "}"]))
+    call = f"{name}({', '.join([*context.args, *map(str, around)])});"
+    lines = [f"{indent}{INDENT * len(loops)}{call}"]
+    for depth, loop in reversed(list(enumerate(loops))):
+        pad = indent + INDENT * depth
+        start, stop = printer.doprint_int(loop.start), printer.doprint_int(loop.stop)
+        head = f"{pad}for (int64_t {loop.var} = {start}; {loop.var} < {stop}; ++{loop.var}) {{"
+        lines = [head, *lines, f"{pad}}}"]
+    collapse = f" collapse({stmt.collapse})" if stmt.collapse > 1 else ""
+    return [f"{indent}#pragma omp parallel for{collapse} num_threads({context.threads})",
+            *lines]
+
+
+def _can_outline(stmt: Loop, context: _Context) -> bool:
+    """Whether the body of a parallel loop is better a function of its own: it holds loops
+    (a body of one statement vectorises well as it is), reads no local declared outside
+    it and calls nothing of the runtime (whose failure it would return)."""
+    inner = walk(stmt.body)
+    return (not context.declared and stmt.step == 1
+            and any(isinstance(s, Loop) for s in inner)
+            and not any(isinstance(s, Gemm | Transform | Spectra) for s in inner))
+
+
+def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, context: _Context
+              ) -> list[str]:
     p = printer.doprint
     if isinstance(stmt, Loop):
         v = stmt.var
+        parallel = stmt.kind is LoopKind.PARALLEL and context.threads > 1
+        if parallel and _can_outline(stmt, context):
+            return _outline(stmt, printer, buffers, indent, context)
         start, stop = printer.doprint_int(stmt.start), printer.doprint_int(stmt.stop)
         step = f"++{v}" if stmt.step == 1 else f"{v} += {stmt.step}"
         head = [f"{indent}for (int64_t {v} = {start}; {v} < {stop}; {step}) {{"]
-        if stmt.kind is LoopKind.PARALLEL and threads > 1:
+        if parallel:
             collapse = f" collapse({stmt.collapse})" if stmt.collapse > 1 else ""
-            head.insert(0, f"{indent}#pragma omp parallel for{collapse} num_threads({threads})")
+            head.insert(0, f"{indent}#pragma omp parallel for{collapse} "
+                           f"num_threads({context.threads})")
         elif stmt.kind is LoopKind.VECTOR:
             sums = sorted({str(u.var) for u in walk(stmt.body) if isinstance(u, Update)})
             head.insert(0, f"{indent}#pragma omp simd reduction(+:{','.join(sums)})")
         elif stmt.kind is LoopKind.UNROLL:
             head.insert(0, f"{indent}#pragma GCC unroll {stop}")
-        body = [line for s in stmt.body for line in emit_stmt(s, printer, buffers,
-                                                               indent + INDENT, threads)]
+        inner = context.inside(stmt)
+        body = [line for s in stmt.body
+                for line in emit_stmt(s, printer, buffers, indent + INDENT, inner)]
         nested = any(isinstance(s, Loop) for s in stmt.body)
         return [*head, *body, f"{indent}}}" + (f" /* {v} */" if nested else "")]
     if isinstance(stmt, Block):
-        inner = [line for s in stmt.body for line in emit_stmt(s, printer, buffers,
-                                                                indent + INDENT, threads)]
-        return [f"{indent}{{", *inner, f"{indent}}}"]
+        inner = context.inside(stmt)
+        body = [line for s in stmt.body
+                for line in emit_stmt(s, printer, buffers, indent + INDENT, inner)]
+        return [f"{indent}{{", *body, f"{indent}}}"]
     if isinstance(stmt, Let):
         if stmt.vector:
             value = p(stmt.value) if isinstance(stmt.value, VLoad) else f"{{{p(stmt.value)}}}"
@@ -117,11 +197,11 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, threads: int = 1) -
     if isinstance(stmt, Store):
         return [f"{indent}{p(stmt.target)} = {p(stmt.value)};"]
     if isinstance(stmt, Gemm):
-        return _emit_gemm(stmt, printer, buffers, indent, threads)
+        return _emit_gemm(stmt, printer, buffers, indent, context.threads)
     if isinstance(stmt, Transform):
-        return _emit_transform(stmt, printer, buffers, indent, threads)
+        return _emit_transform(stmt, printer, buffers, indent, context.threads)
     if isinstance(stmt, Spectra):
-        return _emit_spectra(stmt, printer, buffers, indent, threads)
+        return _emit_spectra(stmt, printer, buffers, indent, context.threads)
     raise TypeError(f"cannot emit {stmt!r}")
 
 
