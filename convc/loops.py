@@ -44,7 +44,8 @@ class Let:
 
 
 class VLoad(sympy.Function):
-    """The vector of consecutive elements from an access (its index the first lane's)."""
+    """The vector of consecutive elements from an access (its index the first lane's);
+    ``VLoad(access, n)``: only the first ``n``, the other lanes zero."""
 
 
 class VSum(sympy.Function):

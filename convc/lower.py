@@ -100,7 +100,7 @@ def _windowed(comp: Comprehension, shapes) -> tuple[Stmt, ...] | None:
     comp, interiors, axes = plan
     bounds = {d.var: (d.start, d.stop) for d in comp.variables}
 
-    def point(inside: set) -> tuple[Stmt, ...]:
+    def point(inside: set, _fixed: dict) -> tuple[Stmt, ...]:
         clipped = dict(bounds)
         for _, axis, v in axes:
             if v not in inside:
@@ -159,24 +159,34 @@ def _interior_range(d: Dim, interiors: dict) -> tuple[sympy.Expr, sympy.Expr]:
     return lo, sympy.Max(lo, sympy.Min(interiors[d.var][1], d.stop))
 
 
-def _split_nest(dims, interiors: dict, body, kind_of=lambda i: LoopKind.SERIAL
-                ) -> tuple[Stmt, ...]:
-    """Loops over ``dims`` around ``body(inside)``; a variable with an interior range runs
-    as three loops (before it, inside it, after it), and ``inside`` holds the variables
-    whose loop is the interior one around that body. Empty loops are left out."""
-    def nest(i: int, inside: frozenset) -> tuple[Stmt, ...]:
+def _split_nest(dims, interiors: dict, body, kind_of=lambda i: LoopKind.SERIAL,
+                unroll: int = 0) -> tuple[Stmt, ...]:
+    """Loops over ``dims`` around ``body(inside, fixed)``; a variable with an interior range
+    runs as three loops (before it, inside it, after it), and ``inside`` holds the variables
+    whose loop is the interior one around that body. Empty loops are left out. A border
+    of at most ``unroll`` points (a constant count) is no loop: the body is repeated for
+    each, with ``fixed`` mapping the variable to its value there."""
+    def nest(i: int, inside: frozenset, fixed: dict) -> tuple[Stmt, ...]:
         if i == len(dims):
-            return body(inside)
+            return body(inside, fixed)
         d, kind = dims[i], kind_of(i)
         if d.var not in interiors:
-            return (Loop(d.var, d.start, d.stop, nest(i + 1, inside), kind),)
+            return (Loop(d.var, d.start, d.stop, nest(i + 1, inside, fixed), kind),)
         lo, hi = _interior_range(d, interiors)
-        loops = (Loop(d.var, d.start, lo, nest(i + 1, inside), kind),
-                 Loop(d.var, lo, hi, nest(i + 1, inside | {d.var}), kind),
-                 Loop(d.var, hi, d.stop, nest(i + 1, inside), kind))
-        return tuple(loop for loop in loops if not is_proven(loop.start >= loop.stop))
+        parts: tuple[Stmt, ...] = ()
+        for start, stop, interior in ((d.start, lo, False), (lo, hi, True), (hi, d.stop, False)):
+            count = sympy.expand(stop - start)
+            if is_proven(start >= stop):
+                continue
+            if not interior and count.is_Integer and count <= unroll:
+                parts += tuple(s for value in range(int(count)) for s in
+                               nest(i + 1, inside, {**fixed, d.var: start + value}))
+            else:
+                within = inside | {d.var} if interior else inside
+                parts += (Loop(d.var, start, stop, nest(i + 1, within, fixed), kind),)
+        return parts
 
-    return nest(0, frozenset())
+    return nest(0, frozenset(), {})
 
 
 def _whole_window(comp: Comprehension, axis, loops, window) -> tuple | None:
@@ -194,6 +204,11 @@ def _whole_window(comp: Comprehension, axis, loops, window) -> tuple | None:
     start, stop = solve_inside(coeffs[v], const + low, size - (high - low))
     return v, start, stop
 
+
+BORDER_POINTS = 4
+"""The most points a border of a reduced variable (`_outputs_in_registers`) may have to be
+written out point by point, each with its reads' tests decided (the rows a 3x3 kernel's
+padding adds: then their columns run in vectors too)."""
 
 REGISTER_OUTPUTS = 16
 """The most outputs `_outputs_in_registers` keeps in registers at once."""
@@ -213,12 +228,15 @@ def _outputs_in_registers(comp: Comprehension, shapes, lanes: int = 1,
     Where a read can leave its tensor along a reduced variable (padding), that variable's
     loop runs in three parts: the border, where the read is tested (reading the fill, which
     adds nothing), the interior, where it is inside for every output, and the border after.
+    A border of at most `BORDER_POINTS` points is written out point by point, its tests
+    decided there (an output whose read is in the padding has no update at that point).
     With ``lanes`` > 1 and a body of sums and products of float tensors (none of
     ``integers``), where nothing is tested the innermost loop steps ``lanes`` at a time
     adding whole vectors into vector accumulators, which are summed into the scalar ones
-    once, at the end (the few points left over, and the borders, add to the scalar ones);
-    else it is a `omp simd` loop whose accumulators are summed at the end of every run.
-    None when the comprehension is not of that shape.
+    once, at the end; the points left over are one partial vector (`VLoad` of fewer lanes)
+    where the body is zero with its reads, else scalar. Elsewhere it is a `omp simd` loop
+    whose accumulators are summed at the end of every run. None when the comprehension is
+    not of that shape.
     """
     small = _register_dims(comp, shapes)
     if small is None:
@@ -234,46 +252,64 @@ def _outputs_in_registers(comp: Comprehension, shapes, lanes: int = 1,
         str(a.base.label) in integers for a in comp.body.atoms(sympy.Indexed))
     vaccs = VECTOR_ACCUMULATORS[:len(points)] if vector else ()
 
-    def updates(inside: frozenset, vector: bool = False) -> tuple[Stmt, ...]:
+    def updates(inside: frozenset, fixed: dict, vector: bool = False, lanes_left=None
+                ) -> tuple[Stmt, ...]:
+        """The accumulators' updates where the variables of ``inside`` are in their
+        interiors and those of ``fixed`` have their values (where a read is then outside
+        for an accumulator, its update is gone)."""
         guards = {}
         for access, (idx, size), v in tested:
             if v not in inside:
                 fill = comp.fill_of(str(access.base.label))
                 guards[access] = sympy.Piecewise((guards.get(access, access),
                                                   sympy.And(idx >= 0, idx < size)), (fill, True))
-        body = comp.body.xreplace(guards)
+        body = comp.body.xreplace(guards).xreplace(fixed)
         if vector:  # the reads that move with the innermost variable, as vectors
-            body = body.xreplace({a: VLoad(a) for a in body.atoms(sympy.Indexed)
+            part = () if lanes_left is None else (lanes_left,)
+            body = body.xreplace({a: VLoad(a, *part) for a in body.atoms(sympy.Indexed)
                                   if a.has(inner.var)})
-        return tuple(Update(a, Reduction.SUM, body.xreplace(p))
-                     for a, p in zip(vaccs if vector else accs, points))
+        found = ((a, body.xreplace(p)) for a, p in zip(vaccs if vector else accs, points))
+        return tuple(Update(a, Reduction.SUM, value) for a, value in found if value != 0)
 
-    def innermost(inside: frozenset) -> tuple[Stmt, ...]:
+    def innermost(inside: frozenset, fixed: dict) -> tuple[Stmt, ...]:
         """The innermost loops; in vectors where nothing is tested."""
-        vector = bool(vaccs) and not {v for _, _, v in tested} - inside - {inner.var}
+        vector = bool(vaccs) and not ({v for _, _, v in tested} - inside - set(fixed)
+                                      - {inner.var}) and not any(
+            u.value.has(sympy.Piecewise) for u in updates(inside | {inner.var}, fixed, True))
 
-        def run(start, stop, untested) -> tuple[Loop, ...]:
-            scalar = Loop(inner.var, start, stop, updates(untested), LoopKind.VECTOR)
+        def run(start, stop, untested) -> tuple[Stmt, ...]:
+            count = sympy.expand(stop - start)
+            if inner.var not in untested and count.is_Integer and count <= BORDER_POINTS:
+                return tuple(u for value in range(max(int(count), 0)) for u in
+                             updates(untested, {**fixed, inner.var: start + value}))
+            scalar = Loop(inner.var, start, stop, updates(untested, fixed), LoopKind.VECTOR)
             if not (vector and inner.var in untested):
                 return (scalar,)
             split = start + lanes * sympy.floor((stop - start) / lanes)
-            vectors = Loop(inner.var, start, split, updates(untested, True), step=lanes)
-            if sympy.expand(stop - split) == 0:  # whole vectors: no points left over
+            vectors = Loop(inner.var, start, split, updates(untested, fixed, True),
+                           step=lanes)
+            left = sympy.expand(stop - split)
+            if left == 0:  # whole vectors: no points left over
                 return (vectors,)
-            return (vectors, replace(scalar, start=split))
+            if not _zero_where_zero(comp.body, inner.var):
+                return (vectors, replace(scalar, start=split))
+            last = updates(untested, fixed, True, left)
+            return (vectors, *(replace(u, value=u.value.xreplace({inner.var: split}))
+                               for u in last))
 
         if inner.var not in interiors:
             return run(inner.start, inner.stop, inside | {inner.var})
         lo, hi = _interior_range(inner, interiors)
         loops = (*run(inner.start, lo, inside), *run(lo, hi, inside | {inner.var}),
                  *run(hi, inner.stop, inside))
-        return tuple(loop for loop in loops if not is_proven(loop.start >= loop.stop))
+        return tuple(s for s in loops
+                     if not (isinstance(s, Loop) and is_proven(s.start >= s.stop)))
 
     init = comp.init if comp.init is not None else sympy.Integer(0)
     stmts: tuple[Stmt, ...] = (
         *(Let(a, init.xreplace(p)) for a, p in zip(accs, points)),
         *(Let(v, sympy.Integer(0), vector=True) for v in vaccs),
-        *_split_nest(comp.reduced[:-1], interiors, innermost),
+        *_split_nest(comp.reduced[:-1], interiors, innermost, unroll=BORDER_POINTS),
         *(Update(a, Reduction.SUM, VSum(v)) for a, v in zip(accs, vaccs)),
         *(Store(comp.output.xreplace(p), a) for a, p in zip(accs, points)))
     outer = comp.free[:len(comp.free) - len(small)]
@@ -282,6 +318,19 @@ def _outputs_in_registers(comp: Comprehension, shapes, lanes: int = 1,
     for d in reversed(outer):
         stmts = (Loop(d.var, d.start, d.stop, stmts),)
     return stmts
+
+
+def _zero_where_zero(body, var) -> bool:
+    """Whether ``body`` is 0 wherever every read that moves with ``var`` is 0: each of its
+    terms a product of numbers and reads, all of which move (so the lanes a partial vector
+    leaves zero add nothing, not even a read's inf or NaN times zero)."""
+    for term in sympy.Add.make_args(body):
+        factors = sympy.Mul.make_args(term)
+        reads = [f for f in factors if isinstance(f, sympy.Indexed)]
+        if not reads or not all(f.is_number or (isinstance(f, sympy.Indexed) and f.has(var))
+                                for f in factors):
+            return False
+    return True
 
 
 def _arithmetic(expr) -> bool:

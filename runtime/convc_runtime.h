@@ -90,6 +90,24 @@ typedef float convc_vf32_any __attribute__((vector_size(64), aligned(4), may_ali
 typedef double convc_vf64_any __attribute__((vector_size(64), aligned(8), may_alias));
 #define convc_vload_f32(p) (*(const convc_vf32_any *)(p))
 #define convc_vload_f64(p) (*(const convc_vf64_any *)(p))
+/* convc_vload_part_*(p, n): the first n lanes (0 <= n < lanes) from p, every other zero (the
+ * last, partial vector of a sum): with AVX-512 one masked load, which reads nothing past
+ * them; elsewhere lane by lane. */
+#ifdef __AVX512F__
+#include <immintrin.h>
+#define convc_vload_part_f32(p, n) \
+    ((convc_vf32)_mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1u), (p)))
+#define convc_vload_part_f64(p, n) \
+    ((convc_vf64)_mm512_maskz_loadu_pd((__mmask8)((1u << (n)) - 1u), (p)))
+#else
+#define CONVC_VLOAD_PART(V, p, n) __extension__({                                         \
+        V part_ = {0};                                                                     \
+        for (int64_t lane_ = 0; lane_ < (n); ++lane_) part_[lane_] = (p)[lane_];           \
+        part_;                                                                             \
+    })
+#define convc_vload_part_f32(p, n) CONVC_VLOAD_PART(convc_vf32, p, n)
+#define convc_vload_part_f64(p, n) CONVC_VLOAD_PART(convc_vf64, p, n)
+#endif
 #define CONVC_VECTOR_SUM(T, V, SUFFIX)                                                     \
     static inline T convc_vsum_##SUFFIX(const V *v) {                                      \
         T sum = 0;                                                                         \

@@ -234,37 +234,69 @@ def test_short_windows_are_summed_in_registers_along_the_row(kind):
 @pytest.mark.parametrize("groups,size", [(3, (7, 20)), (1, (30,))])
 def test_few_outputs_are_summed_in_registers(groups, size):
     """A depthwise kernel's gradient (9 taps per channel, each a sum over every image and
-    position) keeps its taps in accumulators inside the loop over the positions: where
-    nothing is tested, vector accumulators over 8 doubles at a time, summed into the scalar
-    ones at the end; the padding is tested in the border rows and columns only, whose
-    loops and the points left over are `omp simd` sums. Also with no channel loop around
-    it (one 1-D filter). Same numbers as the adjoint of numpy's correlation."""
+    position) keeps its taps in accumulators inside the loop over the positions: vector
+    accumulators over 8 doubles at a time, summed into the scalar ones at the end, the
+    points left over one partial vector. The padding's border rows and columns are written
+    out point by point with their tests decided: no test is left, and a tap whose read
+    falls in the padding there is not added at all. Also with no channel loop around it
+    (one 1-D filter). Same numbers as the adjoint of numpy's correlation."""
     g = convc.Graph("taps")
     x = g.input("x", (None, groups, *size))
     g.output(g.conv(x, channels=groups, kernel=3, padding=1, groups=groups, bias=False))
     net = convc.compile(g, "float64", grad=["conv0.weight"], algorithm="direct")
     step = net.lowered.derivatives("conv0")[0]
     body = function(net.source, net.lowered.functions[step])
-    taps = 3 ** len(size)
-    sums = ",".join(f"acc{i}" for i in range(taps))
-    assert f"#pragma omp simd reduction(+:{sums})" in body
+    assert "?" not in body and "omp simd" not in body
     last = f"i{len(size) - 1}"
     whole = 1 + (size[-1] - 2) // 8 * 8  # the interior [1, size - 1) in steps of 8
     strips = body.split(f"for (int64_t {last} = 1; {last} < {whole}; {last} += 8) {{")
-    assert len(strips) > 1 and all("?" not in strip.split("}")[0] for strip in strips[1:])
-    assert "vacc0 += convc_vload_f64(&" in strips[1].split("}")[0]
+    centre = f"vacc{3 ** len(size) // 2}"  # the tap every point adds to
+    assert len(strips) > 1
+    assert f"{centre} += convc_vload_f64(&" in strips[1].split("}")[0]
+    left = (size[-1] - 2) % 8
+    assert f"{centre} += convc_vload_part_f64(&" in strips[1] and f", {left})" in strips[1]
     assert "acc0 += convc_vsum_f64(&vacc0);" in body
+    # the first column of the padding: the taps reading left of it are not there
+    first = f"seed_conv0[((n*{groups} + g)*{size[0]} + i0)*{size[1]}]" if len(size) == 2 \
+        else "seed_conv0[n*30]"
+    corner = [line.strip() for line in body.splitlines() if first in line]
+    assert corner and not any(line.startswith(("acc0 ", "acc3 ", "acc6 ")) for line in corner)
     rng = np.random.default_rng(1)
     xs = rng.standard_normal((2, groups, *size))
     G = rng.standard_normal((2, groups, *size))
     _, grads = net(x=xs, **{"conv0.weight": np.zeros((groups, 1, *(3,) * len(size))),
                             "grad:conv0": G})
-    padded = np.pad(xs, [(0, 0), (0, 0)] + [(1, 1)] * len(size))
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (3,) * len(size),
-                                                       axis=tuple(range(2, 2 + len(size))))
-    spatial = "ij"[:len(size)]
-    expected = np.einsum(f"nc{spatial}...,nc{spatial}->c...", windows, G)[:, None]
-    np.testing.assert_allclose(grads["conv0.weight"], expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grads["conv0.weight"], _taps(xs, G, 1), rtol=1e-12,
+                               atol=1e-12)
+
+
+def _taps(xs, G, padding):
+    """The gradient of a depthwise 3x3 (or 3) kernel: the adjoint of numpy's correlation."""
+    rank = xs.ndim - 2
+    padded = np.pad(xs, [(0, 0), (0, 0)] + [(padding, padding)] * rank)
+    kernel = (xs.shape[2] + 2 * padding - G.shape[2] + 1,) * rank
+    windows = np.lib.stride_tricks.sliding_window_view(padded, kernel,
+                                                       axis=tuple(range(2, 2 + rank)))
+    spatial = "ij"[:rank]
+    return np.einsum(f"nc{spatial}...,nc{spatial}->c...", windows, G)[:, None]
+
+
+@pytest.mark.parametrize("padding,variable", [(5, False), (1, True)])
+def test_wide_or_variable_borders_keep_their_tested_loops(padding, variable):
+    """A border of more than `BORDER_POINTS` points (padding 5), or of a size known only
+    at the call, stays a loop whose reads are tested (an `omp simd` sum); same numbers."""
+    g = convc.Graph("taps")
+    x = g.input("x", (None, 2, None if variable else 21, 19))
+    g.output(g.conv(x, channels=2, kernel=3, padding=padding, groups=2, bias=False))
+    net = convc.compile(g, "float64", grad=["conv0.weight"], algorithm="direct")
+    body = function(net.source, net.lowered.functions[net.lowered.derivatives("conv0")[0]])
+    assert "omp simd" in body and "?" in body
+    rng = np.random.default_rng(2)
+    xs = rng.standard_normal((2, 2, 21, 19))
+    G = rng.standard_normal((2, 2, 21 + 2 * padding - 2, 19 + 2 * padding - 2))
+    _, grads = net(x=xs, **{"conv0.weight": np.zeros((2, 1, 3, 3)), "grad:conv0": G})
+    np.testing.assert_allclose(grads["conv0.weight"], _taps(xs, G, padding), rtol=1e-12,
+                               atol=1e-12)
 
 
 def test_only_float_sums_of_products_are_read_as_vectors():

@@ -82,6 +82,9 @@ class CPrinter(C99CodePrinter):
     # -- tensor accesses --------------------------------------------------------------------
 
     def _print_VLoad(self, expr) -> str:
+        if len(expr.args) == 2:  # the first lanes of a partial vector
+            return (f"convc_vload_part_{self.suffix}(&{self._print(expr.args[0])}, "
+                    f"{self._int(expr.args[1])})")
         return f"convc_vload_{self.suffix}(&{self._print(expr.args[0])})"
 
     def _print_VSum(self, expr) -> str:

@@ -118,12 +118,9 @@ static void convc_lenet_dense0_fwd(int64_t N, const float *restrict flatten0, co
             vacc1 += convc_vload_f32(&dense0_weight[1*18 + f])*convc_vload_f32(&flatten0[n*18 + f]);
             vacc2 += convc_vload_f32(&dense0_weight[2*18 + f])*convc_vload_f32(&flatten0[n*18 + f]);
         }
-        #pragma omp simd reduction(+:acc0,acc1,acc2)
-        for (int64_t f = 16; f < 18; ++f) {
-            acc0 += dense0_weight[f]*flatten0[n*18 + f];
-            acc1 += dense0_weight[1*18 + f]*flatten0[n*18 + f];
-            acc2 += dense0_weight[2*18 + f]*flatten0[n*18 + f];
-        }
+        vacc0 += convc_vload_part_f32(&dense0_weight[16], 2)*convc_vload_part_f32(&flatten0[n*18 + 16], 2);
+        vacc1 += convc_vload_part_f32(&dense0_weight[34], 2)*convc_vload_part_f32(&flatten0[n*18 + 16], 2);
+        vacc2 += convc_vload_part_f32(&dense0_weight[52], 2)*convc_vload_part_f32(&flatten0[n*18 + 16], 2);
         acc0 += convc_vsum_f32(&vacc0);
         acc1 += convc_vsum_f32(&vacc1);
         acc2 += convc_vsum_f32(&vacc2);
