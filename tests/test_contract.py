@@ -281,6 +281,27 @@ def _taps(xs, G, padding):
     return np.einsum(f"nc{spatial}...,nc{spatial}->c...", windows, G)[:, None]
 
 
+@pytest.mark.parametrize("target", ["native", "portable", "scalar"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_partial_vectors_on_every_target(target, dtype, monkeypatch):
+    """The partial vector's load (masked with AVX-512, lane by lane elsewhere) reads the
+    points left over, and zeros past them, on every target and in both float types."""
+    monkeypatch.setenv("CONVC_TARGET", target)
+    g = convc.Graph("taps")
+    x = g.input("x", (None, 3, 6, 27))
+    g.output(g.conv(x, channels=3, kernel=3, padding=1, groups=3, bias=False))
+    net = convc.compile(g, dtype, grad=["conv0.weight"], algorithm="direct")
+    assert f"convc_vload_part_{dtype[0]}{dtype[-2:]}(&" in net.source
+    rng = np.random.default_rng(3)
+    xs = rng.standard_normal((3, 3, 6, 27))
+    G = rng.standard_normal((3, 3, 6, 27))
+    _, grads = net(x=xs.astype(dtype), **{"conv0.weight": np.zeros((3, 1, 3, 3), dtype),
+                                          "grad:conv0": G.astype(dtype)})
+    tolerance = 1e-12 if dtype == "float64" else 1e-4
+    np.testing.assert_allclose(grads["conv0.weight"], _taps(xs, G, 1), rtol=tolerance,
+                               atol=tolerance)
+
+
 @pytest.mark.parametrize("padding,variable", [(5, False), (1, True)])
 def test_wide_or_variable_borders_keep_their_tested_loops(padding, variable):
     """A border of more than `BORDER_POINTS` points (padding 5), or of a size known only
