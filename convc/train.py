@@ -71,15 +71,16 @@ class Adam(Optimizer):
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.m = {n: np.zeros_like(p) for n, p in params.items()}
         self.v = {n: np.zeros_like(p) for n, p in params.items()}
+        self._steps: dict[str, tuple] = {}  # per parameter: its array and compiled step
 
     def update(self, name, p, g):
         b1, b2 = self.betas
         m, v = self.m[name], self.v[name]
         c1, c2 = 1 - b1**self.steps, 1 - b2**self.steps
-        step = _compiled_step(p, g, m, v)
+        step = self._step(name, p, g)
         if step is not None:
-            ffi, function, ctype = step
-            function(p.size, *(ffi.from_buffer(ctype, a) for a in (p, g, m, v)), self.lr,
+            ffi, function, ctype, buffers = step
+            function(p.size, buffers[0], ffi.from_buffer(ctype, g), *buffers[1:], self.lr,
                      b1, b2, self.eps, self.weight_decay, c1, c2)
             return
         if self.weight_decay:
@@ -91,6 +92,23 @@ class Adam(Optimizer):
         p -= self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
 
 
+    def _step(self, name: str, p: np.ndarray, g: np.ndarray) -> tuple | None:
+        """``(ffi, function, C array type, buffers of p, m and v)`` for a step of ``p`` in
+        C (see `_compiled_step`), kept while ``params[name]`` is the same array."""
+        kept = self._steps.get(name)
+        if kept is None or kept[0] is not p:
+            found = _compiled_step(p, self.m[name], self.v[name])
+            if found is not None:
+                ffi, _, ctype = found
+                found += (tuple(ffi.from_buffer(ctype, a)
+                                for a in (p, self.m[name], self.v[name])),)
+            kept = self._steps[name] = (p, found)
+        step = kept[1]
+        if step is None or g.dtype != p.dtype or not g.flags.c_contiguous:
+            return None
+        return step
+
+
 ADAM_CDEF = "\n".join(
     f"void convc_adam_{s}(int64_t n, {t} *p, const {t} *g, {t} *m, {t} *v, double lr, "
     f"double b1, double b2, double eps, double decay, double c1, double c2);"
@@ -99,12 +117,10 @@ ADAM_CDEF = "\n".join(
 
 def _compiled_step(*arrays: np.ndarray):
     """``(ffi, convc_adam_<type>, C array type)`` for arrays of one float type, each
-    contiguous and writable where it must be; else None."""
+    contiguous and writable (the parameter and its moments); else None."""
     dtype = arrays[0].dtype
     if dtype not in (np.float32, np.float64) or not all(
-            a.dtype == dtype and a.flags.c_contiguous for a in arrays):
-        return None
-    if not all(a.flags.writeable for a in (arrays[0], *arrays[2:])):
+            a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable for a in arrays):
         return None
     library = _optimizer_library()
     suffix, ctype = ("f32", "float[]") if dtype == np.float32 else ("f64", "double[]")

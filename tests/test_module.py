@@ -198,10 +198,38 @@ def test_float_labels(small, args, recorder, dtype):
 
 
 def test_int32_labels_are_accepted(small, args):
+    """...and converted at every call (a call like it is not taken as checked)."""
     want = small(**args)
     args["labels"] = args["labels"].astype(np.int32)
-    got = small(**args)
-    np.testing.assert_array_equal(got["loss"], want["loss"])
+    for _ in range(2):
+        got = small(**args)
+        np.testing.assert_array_equal(got["loss"], want["loss"])
+
+
+def test_a_call_like_a_checked_one_checks_only_the_labels(small, args, recorder):
+    """Arrays of the names, shapes, dtypes and layout of a call that passed are not checked
+    again, but the values of the labels are, and any other signature is checked in full."""
+    small(**args)
+    small(**args)
+    assert len(recorder) == 2
+    bad = args["labels"].copy()
+    bad[2] = 7
+    with pytest.raises(convc.ArgumentError, match=r"'labels': values must lie in \[0, 4\)"):
+        small(**{**args, "labels": bad})
+    with pytest.raises(convc.ArgumentError, match="'dense0.weight'"):
+        small(**{**args, "dense0.weight": np.zeros((3, 9), np.float32)})
+    assert len(recorder) == 2
+
+
+def test_calls_of_other_batch_sizes_run_at_their_sizes(small, args):
+    for batch in (5, 2, 5, 7):
+        rng = np.random.default_rng(batch)
+        x = rng.standard_normal((batch, 2, 6)).astype(np.float32)
+        labels = rng.integers(0, CLASSES, batch)
+        out = small(**{**args, "x": x, "labels": labels})
+        logits, loss = reference(x, labels, {k: v for k, v in args.items() if "." in k})
+        np.testing.assert_allclose(out["dense0"], logits, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out["loss"], loss, rtol=1e-5)
 
 
 def test_module_float64_refuses_float32(small64, args):

@@ -425,3 +425,29 @@ def test_adam_in_the_runtime_and_in_numpy_agree(dtype):
     eps = np.finfo(dtype).eps
     np.testing.assert_allclose(contiguous["w"], strided["w"], rtol=64 * eps, atol=64 * eps)
     assert not np.allclose(contiguous["w"], values)
+
+
+def test_adam_steps_the_array_the_parameters_hold_now():
+    """The runtime's step keeps its views of a parameter and its moments from step to step,
+    as long as the parameters hold the same array: one put in its place steps instead (the
+    old one is left alone); a strided gradient steps with numpy, to the same numbers."""
+    rng = np.random.default_rng(3)
+    first, second = (rng.standard_normal(7).astype(np.float32) for _ in range(2))
+    params = {"w": first.copy()}
+    optimizer = Adam(params, lr=0.1)
+    g = rng.standard_normal(7).astype(np.float32)
+    optimizer.step({"w": g})
+    old = params["w"]
+    kept = old.copy()
+    assert not np.allclose(kept, first)
+    params["w"] = second.copy()
+    optimizer.step({"w": g})
+    np.testing.assert_array_equal(old, kept)
+    assert not np.allclose(params["w"], second)
+    spaced = np.zeros(14, np.float32)
+    spaced[::2] = g
+    strided, plain = (Adam({"w": kept.copy()}, lr=0.1) for _ in range(2))
+    for gradient in (g, spaced[::2]):
+        strided.step({"w": gradient})
+        plain.step({"w": g})
+    np.testing.assert_allclose(strided.params["w"], plain.params["w"], rtol=1e-6, atol=1e-7)
