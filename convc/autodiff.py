@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 import sympy
 
 from .errors import DerivationError
-from .ir.affine import affine_terms, index_range, invert_access, is_proven
+from .ir.affine import affine_terms, invert_access, is_proven, is_proven_inside
 from .ir.comprehension import ACC, Comprehension, Dim, Reduction, row_major
 from .ops import estimate
 
@@ -496,14 +496,6 @@ def _eliminate(axis, v, idx, coeffs, size, dims) -> AxisSolution:
     others = tuple(dims[w] for w in coeffs if w != v)
     return AxisSolution(free=(Dim(tau, 0, size),), reduced=others, subs={v: value},
                         index=tau, where=((value, dims[v].start, dims[v].stop),))
-
-
-def is_proven_inside(idx, dims: dict, size) -> bool:
-    """Whether ``0 <= idx < size`` over the box of ``dims`` (each starting at 0)."""
-    if any(d.start != 0 for d in dims.values()):
-        return False
-    lo, hi = index_range(idx, {v: d.stop for v, d in dims.items()})
-    return is_proven(lo >= 0) and is_proven(hi <= size - 1)
 
 
 def _is_radix(coeffs, dims) -> bool:

@@ -32,6 +32,7 @@ from .contract import cost
 from .contract import plan as product
 from .ir.affine import index_range
 from .ir.comprehension import Comprehension, Dim, Reduction
+from .ir.count import points
 from .ops import estimate
 from .spectral import channel_indices, correlation, fresh_name
 
@@ -59,8 +60,6 @@ def price(comp: Comprehension, shapes: dict[str, tuple], packed: dict) -> float:
     of `spectral.price`), and the sum 16 a point it visits (its loops clip each window to
     the columns it reads: rows of P added into rows of O). Infinite where they do not
     apply."""
-    from .explain import points
-
     trial = dict(shapes)
     parts = _split(comp, trial)
     if parts is None:

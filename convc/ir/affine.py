@@ -99,6 +99,14 @@ def is_proven(condition) -> bool:
     return holds is True
 
 
+def is_proven_inside(idx, dims: dict, size) -> bool:
+    """Whether ``0 <= idx < size`` over the box of ``dims`` (each starting at 0)."""
+    if any(d.start != 0 for d in dims.values()):
+        return False
+    lo, hi = index_range(idx, {v: d.stop for v, d in dims.items()})
+    return is_proven(lo >= 0) and is_proven(hi <= size - 1)
+
+
 def _lower_bound(expr: sympy.Expr) -> sympy.Expr | None:
     """A lower bound of ``expr``, a sum of terms and rational multiples of floors and
     ceilings of rational combinations of integers; None otherwise. The most deeply nested
