@@ -124,6 +124,30 @@ class Kernel:
         return [s for s in walk(self.nests) if isinstance(s, Transform)]
 
 
+def fused(first: tuple[Stmt, ...], second: tuple[Stmt, ...]) -> tuple[Stmt, ...] | None:
+    """One nest running ``first`` then ``second`` in each iteration of the loops they
+    share, when they are loops of the same headers around straight-line bodies (an
+    elementwise op's outputs: their bodies vectorise together); None otherwise (a nest
+    with a reduction keeps its loops: fused, its innermost loop vectorised worse). The
+    caller answers for the order: nothing ``second`` reads may be written by ``first``,
+    nor the other way round."""
+    if len(first) != 1 or len(second) != 1:
+        return None
+    a, b = first[0], second[0]
+    if not (isinstance(a, Loop) and isinstance(b, Loop)) or _header(a) != _header(b):
+        return None
+    body = fused(a.body, b.body)
+    if body is None:
+        if any(isinstance(s, Loop | Block | Let) for s in walk(a.body + b.body)):
+            return None
+        body = a.body + b.body
+    return (Loop(a.var, a.start, a.stop, body, a.kind, a.step, a.collapse),)
+
+
+def _header(loop: Loop) -> tuple:
+    return loop.var, loop.start, loop.stop, loop.kind, loop.step, loop.collapse
+
+
 def walk(stmts) -> list[Stmt]:
     """Every statement, pre-order."""
     out = []

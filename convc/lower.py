@@ -25,7 +25,7 @@ from .errors import DerivationError
 from .ir.affine import affine_terms, index_range, is_proven, solve_inside, strides
 from .ir.comprehension import ACC, ARG, Comprehension, Dim, Reduction, row_major
 from .loops import (ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Stmt, Store, Update,
-                    VLoad, VSum)
+                    VLoad, VSum, fused)
 from .ops import ASSUMED_SIZE, BATCH, estimate
 from .spectral import Transform
 
@@ -495,11 +495,33 @@ def lower_node(node: str, inputs: tuple[str, ...], parts, shapes: dict[str, tupl
     writes each part's output, once each. ``lanes``, ``integers``: see
     `lower_comprehension`.
     """
-    nests = tuple(s for p in parts for s in _lower_part(p, shapes, lanes, integers))
+    nests = _fused_siblings([(_lower_part(p, shapes, lanes, integers), p) for p in parts])
     writes = tuple(dict.fromkeys(written(p) for p in parts))
     used = {t for p in parts for t in _read(p)} - set(writes)
     reads = [t for t in dict.fromkeys(inputs) if t in used] + sorted(used - set(inputs))
     return Kernel(node, nests, tuple(reads), writes)
+
+
+def _fused_siblings(lowered: list[tuple[tuple[Stmt, ...], object]]) -> tuple[Stmt, ...]:
+    """The parts' nests in order, consecutive comprehensions over the same loops run in one
+    nest (a ReLU and its mask, a max pool and its argmax: one pass over what they read,
+    one parallel region) where neither reads what the other writes."""
+    out: list[tuple[tuple[Stmt, ...], set, set] | tuple[tuple[Stmt, ...]]] = []
+    for nest, part in lowered:
+        if not isinstance(part, Comprehension):
+            out.append((nest,))  # a product or a transform: never fused
+            continue
+        reads, writes = set(_read(part)), {written(part)}
+        if out and len(out[-1]) == 3:
+            last, read_before, written_before = out[-1]
+            independent = not (reads & written_before
+                               or writes & (read_before | written_before))
+            merged = fused(last, nest) if independent else None
+            if merged is not None:
+                out[-1] = (merged, read_before | reads, written_before | writes)
+                continue
+        out.append((nest, reads, writes))
+    return tuple(s for entry in out for s in entry[0])
 
 
 def _lower_part(part, shapes, lanes: int, integers: frozenset) -> tuple[Stmt, ...]:

@@ -15,8 +15,8 @@ import sympy
 import convc
 from convc.contract import Gemm, plan
 from convc.ir.comprehension import Comprehension, Reduction
-from convc.loops import Update, VLoad, walk
-from convc.lower import lower_comprehension
+from convc.loops import Loop, Store, Update, VLoad, walk
+from convc.lower import lower_comprehension, lower_node
 from test_autodiff import c_function_lines
 
 
@@ -338,3 +338,42 @@ def test_only_float_sums_of_products_are_read_as_vectors():
     assert vectors(m[k, i] * x[k, i])
     assert not vectors(m[k, i] * x[k, i], {"m"})
     assert not vectors(sympy.exp(x[k, i]))
+
+
+def test_an_elementwise_nodes_outputs_are_written_in_one_loop():
+    """Comprehensions of one node over the same loops, with straight-line bodies, neither
+    reading what the other writes, run in one nest (one pass over their input, one
+    parallel region); one that reads the other's output, or sums, keeps its own."""
+    i = sympy.Symbol("i", integer=True, nonnegative=True)
+    x, y, z, s = (sympy.IndexedBase(n) for n in "xyzs")
+    shapes = {"x": (4096,), "y": (4096,), "z": (4096,), "s": (1,)}
+
+    def comp(out, body, reduced=()):
+        free = () if reduced else ((i, 4096),)
+        return Comprehension(out, free, body, reduced,
+                             Reduction.SUM if reduced else Reduction.NONE)
+
+    double, plus = comp(y[i], 2 * x[i]), comp(z[i], x[i] + 1)
+    kernel = lower_node("n", ("x",), (double, plus), shapes)
+    assert len(kernel.nests) == 1 and isinstance(kernel.nests[0], Loop)
+    stores = [st for st in walk(kernel.nests) if isinstance(st, Store)]
+    assert [str(st.target.base.label) for st in stores] == ["y", "z"]
+    chained = comp(z[i], y[i] + 1)  # reads what the first writes: two loops, in order
+    assert len(lower_node("n", ("x",), (double, chained), shapes).nests) == 2
+    total = comp(s[0], x[i], reduced=((i, 4096),))
+    assert len(lower_node("n", ("x",), (double, total), shapes).nests) >= 2
+
+
+def test_relu_and_its_mask_in_one_pass_give_numpys_numbers():
+    g = convc.Graph("relu")
+    x = g.input("x", (None, 3, 40))
+    g.output(g.relu(x))
+    net = convc.compile(g, grad=["x"], num_threads=2)
+    forward = function(net.source, net.lowered.functions[net.lowered.steps[0]])
+    assert forward.count("for (int64_t") == 1
+    rng = np.random.default_rng(4)
+    xs = rng.standard_normal((5, 3, 40)).astype(np.float32)
+    seed = rng.standard_normal((5, 3, 40)).astype(np.float32)
+    out, grads = net(x=xs, **{"grad:relu0": seed})
+    np.testing.assert_array_equal(out, np.maximum(xs, 0))
+    np.testing.assert_array_equal(grads["x"], np.where(xs > 0, seed, 0))
