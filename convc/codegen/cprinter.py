@@ -47,8 +47,21 @@ class CPrinter(C99CodePrinter):
         self.vector_type = f"convc_v{self.suffix}"  # the runtime's 64-byte vectors
         self.buffers = dict(buffers or {})
         self._int_depth = 0  # > 0 while printing an expression that C must compute in int64
+        self._accesses: dict[sympy.Indexed, str] = {}  # printed once each: `_print_Indexed`
+        self._printed: dict[tuple, str] = {}  # `doprint`'s, per expression and int context
 
     # -- contexts ---------------------------------------------------------------------------
+
+    def doprint(self, expr, assign_to=None) -> str:
+        """As sympy prints it, once per expression (a kernel prints the same bounds and
+        values many times; sympy's printer takes tens of microseconds a call)."""
+        if assign_to is not None:
+            return super().doprint(expr, assign_to)
+        key = (type(expr), expr, self._int_depth)  # 1 and 1.0 are equal keys otherwise
+        text = self._printed.get(key)
+        if text is None:
+            text = self._printed[key] = super().doprint(expr)
+        return text
 
     def doprint_int(self, expr) -> str:
         """``expr`` printed as int64 arithmetic (loop bounds, sizes): no division, no floats."""
@@ -94,7 +107,14 @@ class CPrinter(C99CodePrinter):
         return f"{self._print(expr.args[0])}[{self._int(expr.args[1])}]"
 
     def _print_Indexed(self, expr) -> str:
-        """``x[i, j, k]`` as ``cx[(i*D1 + j)*D2 + k]``, the row-major offset in Horner form."""
+        """``x[i, j, k]`` as ``cx[(i*D1 + j)*D2 + k]``, the row-major offset in Horner form
+        (kept: a kernel reads the same element in many statements)."""
+        text = self._accesses.get(expr)
+        if text is None:
+            text = self._accesses[expr] = self._access(expr)
+        return text
+
+    def _access(self, expr) -> str:
         name = str(expr.base.label)
         if name not in self.buffers:
             known = ", ".join(sorted(self.buffers)) or "none"
