@@ -174,7 +174,8 @@ def _split_nest(dims, interiors: dict, body, kind_of=lambda i: LoopKind.SERIAL,
             return (Loop(d.var, d.start, d.stop, nest(i + 1, inside, fixed), kind),)
         lo, hi = _interior_range(d, interiors)
         parts: tuple[Stmt, ...] = ()
-        for start, stop, interior in ((d.start, lo, False), (lo, hi, True), (hi, d.stop, False)):
+        ranges = ((d.start, lo, False), (lo, hi, True), (hi, d.stop, False))
+        for start, stop, interior in ranges:
             count = sympy.expand(stop - start)
             if is_proven(start >= stop):
                 continue

@@ -61,9 +61,10 @@ def emit_kernel(kernel: Kernel, fname: str, header: list[str], buffers, printer,
     loops and matrix products use up to ``threads`` threads.
 
     The body of a parallel loop with loops in it is a function of its own (`_outline`,
-    after the header), called from the loop: GCC moves an OpenMP loop's body into a function whose pointers are no longer
-    ``restrict``, and then tests for aliasing and reloads the kernel's values each step,
-    unless the body is a function that says so itself."""
+    after the header), called from the loop: GCC moves an OpenMP loop's body into a
+    function whose pointers are no longer ``restrict``, and then tests for aliasing and
+    reloads the kernel's values each step, unless the body is a function that says so
+    itself."""
     sizes = size_symbols(buffers[t] for t in kernel.reads + kernel.writes)
     comment = "\n".join(f" * {c_comment(line)}".rstrip() for line in header)
     params = parameter_list(sizes, kernel.reads, kernel.writes, buffers)
@@ -85,8 +86,9 @@ def emit_kernel(kernel: Kernel, fname: str, header: list[str], buffers, printer,
 @dataclass
 class _Context:
     """What emitting a kernel's statements needs besides them: its name, parameters and
-    the arguments that pass them on, its threads, the loops around the statement, and the
-    functions the bodies of its parallel loops became."""
+    the arguments that pass them on, its threads, the loops around the statement, whether
+    a local is declared around it, and the functions the bodies of its parallel loops
+    became (with their names: one list and set, shared by every copy `inside` makes)."""
 
     fname: str
     params: str
