@@ -505,24 +505,22 @@ def lower_node(node: str, inputs: tuple[str, ...], parts, shapes: dict[str, tupl
 
 def _fused_siblings(lowered: list[tuple[tuple[Stmt, ...], object]]) -> tuple[Stmt, ...]:
     """The parts' nests in order, consecutive comprehensions over the same loops run in one
-    nest (a ReLU and its mask, a max pool and its argmax: one pass over what they read,
-    one parallel region) where neither reads what the other writes."""
-    out: list[tuple[tuple[Stmt, ...], set, set] | tuple[tuple[Stmt, ...]]] = []
+    nest (a ReLU and its mask: one pass over what they read, one parallel region) where
+    neither reads what the other writes. A product or a transform is never fused."""
+    out: list[tuple[tuple[Stmt, ...], set | None, set | None]] = []
     for nest, part in lowered:
         if not isinstance(part, Comprehension):
-            out.append((nest,))  # a product or a transform: never fused
+            out.append((nest, None, None))
             continue
         reads, writes = set(_read(part)), {written(part)}
-        if out and len(out[-1]) == 3:
-            last, read_before, written_before = out[-1]
-            independent = not (reads & written_before
-                               or writes & (read_before | written_before))
-            merged = fused(last, nest) if independent else None
+        if out and out[-1][1] is not None:
+            last, read, wrote = out[-1]
+            merged = None if reads & wrote or writes & (read | wrote) else fused(last, nest)
             if merged is not None:
-                out[-1] = (merged, read_before | reads, written_before | writes)
+                out[-1] = (merged, read | reads, wrote | writes)
                 continue
         out.append((nest, reads, writes))
-    return tuple(s for entry in out for s in entry[0])
+    return tuple(s for nest, _, _ in out for s in nest)
 
 
 def _lower_part(part, shapes, lanes: int, integers: frozenset) -> tuple[Stmt, ...]:
