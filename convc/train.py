@@ -91,7 +91,6 @@ class Adam(Optimizer):
         v += (1 - b2) * g * g
         p -= self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
 
-
     def _step(self, name: str, p: np.ndarray, g: np.ndarray) -> tuple | None:
         """``(ffi, function, C array type, buffers of p, m and v)`` for a step of ``p`` in
         C (see `_compiled_step`), kept while ``params[name]`` is the same array."""

@@ -47,7 +47,6 @@ class CPrinter(C99CodePrinter):
         self.vector_type = f"convc_v{self.suffix}"  # the runtime's 64-byte vectors
         self.buffers = dict(buffers or {})
         self._int_depth = 0  # > 0 while printing an expression that C must compute in int64
-        self._accesses: dict[sympy.Indexed, str] = {}  # printed once each: `_print_Indexed`
         self._printed: dict[tuple, str] = {}  # `doprint`'s, per expression and int context
 
     # -- contexts ---------------------------------------------------------------------------
@@ -107,14 +106,7 @@ class CPrinter(C99CodePrinter):
         return f"{self._print(expr.args[0])}[{self._int(expr.args[1])}]"
 
     def _print_Indexed(self, expr) -> str:
-        """``x[i, j, k]`` as ``cx[(i*D1 + j)*D2 + k]``, the row-major offset in Horner form
-        (kept: a kernel reads the same element in many statements)."""
-        text = self._accesses.get(expr)
-        if text is None:
-            text = self._accesses[expr] = self._access(expr)
-        return text
-
-    def _access(self, expr) -> str:
+        """``x[i, j, k]`` as ``cx[(i*D1 + j)*D2 + k]``, the row-major offset in Horner form."""
         name = str(expr.base.label)
         if name not in self.buffers:
             known = ", ".join(sorted(self.buffers)) or "none"
