@@ -40,7 +40,7 @@ import sympy
 from .contract import _in_box, _padded, pack
 from .ir.affine import strides
 from .ir.comprehension import Comprehension, Dim, Reduction
-from .loops import At, Block, Let, Loop, LoopKind, Stmt, Store, Update, VLoad
+from .loops import At, Block, Let, Loop, LoopKind, RowsStore, Stmt, Store, Update, VLoad
 from .ops import estimate
 from .spectral import correlation, fresh_name
 
@@ -87,7 +87,8 @@ class Blocked:
     ``loops`` (outermost first) are the free variables but ``block``, with ``vector``
     replaced by its vector index ``vector_block``; ``kernel`` is the blocked kernel's
     access at lane 0; ``extent`` the values of ``vector``; ``outside`` the reduced
-    variables looped outside the blocks."""
+    variables looped outside the blocks; ``rows`` the output's stride along ``vector``
+    where each lane's outputs are a row (`_rows`), else None."""
 
     tensor: str
     output: sympy.Indexed
@@ -103,6 +104,7 @@ class Blocked:
     lanes: int
     width: int
     outside: tuple[Dim, ...] = ()
+    rows: sympy.Expr | None = None
 
     def describe(self) -> str:
         return (f"register-blocked {self.tensor}: {self.lanes} x {self.vector} by "
@@ -171,7 +173,9 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], packed: dict, lanes: int
         return (*parts, Blocked(comp.tensor, comp.output, comp.init, signal, blocked_kernel,
                                 loops, vector.var, vb, int(vector.stop), block,
                                 tuple(reduced[len(outside):]), lanes,
-                                _width(int(block.stop)), tuple(outside)))
+                                _width(int(block.stop)), tuple(outside),
+                                None if outside else _rows(comp.output, comp.init, vector.var,
+                                                           block.var, shapes)))
     partial = fresh_name(f"{comp.tensor}~partial", shapes)
     shapes[partial] = (split.stop, *(d.stop for d in comp.free))
     at = sympy.IndexedBase(partial)[(split.var, *(d.var for d in comp.free))]
@@ -181,7 +185,8 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], packed: dict, lanes: int
     return (*parts, Blocked(partial, at, None, signal, blocked_kernel, (split, *loops),
                             vector.var, vb, int(vector.stop), block,
                             tuple(d for d in reduced if d is not split), lanes,
-                            _width(int(block.stop))), total)
+                            _width(int(block.stop)),
+                            rows=_rows(at, None, vector.var, block.var, shapes)), total)
 
 
 def price(comp: Comprehension, shapes: dict[str, tuple], lanes: int) -> float:
@@ -229,7 +234,8 @@ def lower(part: Blocked, parallel: bool = True) -> tuple[Stmt, ...]:
 
 def _tile(part: Blocked, start: sympy.Expr, width: int) -> tuple[Stmt, ...]:
     """One block of ``width`` outputs along ``b`` from ``start``, ``lanes`` along ``v``:
-    the array of accumulators, the sum and the stores, the accumulators' loops unrolled."""
+    the array of accumulators, the sum and the stores (a row per lane where the outputs
+    lie in rows, else lane by lane), the accumulators' loops unrolled."""
     b, i = part.block.var, part.offset
 
     def each(body: tuple[Stmt, ...]) -> Loop:
@@ -244,16 +250,40 @@ def _tile(part: Blocked, start: sympy.Expr, width: int) -> tuple[Stmt, ...]:
         unroll = n == 0 and sympy.sympify(d.stop).is_Integer and int(d.stop) <= UNROLLED
         step = (Loop(d.var, d.start, d.stop, step, LoopKind.UNROLL if unroll
                      else LoopKind.SERIAL),)
+    last = sympy.Min(part.lanes, part.extent - part.lanes * part.vector_block)
+    rows = last if part.extent % part.lanes else sympy.Integer(part.lanes)
+    accumulators = Let(ACCUMULATORS, sympy.Integer(0), vector=True, count=width)
+    if part.rows is not None:  # a row of outputs per lane (WIDTH: at most 16, as it takes)
+        corner = {part.vector: part.lanes * part.vector_block, b: start}
+        bias = () if part.init is None else (each((Update(acc, Reduction.SUM, VLoad(
+            part.init.xreplace(corner), *(() if rows == part.lanes else (rows,)))),)),)
+        return (accumulators, *step, *bias,
+                RowsStore(part.output.xreplace(corner), part.rows, ACCUMULATORS, width, rows))
     point = {part.vector: part.lanes * part.vector_block + LANE, b: start + i}
     init = sympy.Integer(0) if part.init is None else part.init.xreplace(point)
     target = part.output.xreplace(point)
     if part.outside:  # the first stretch of the sum starts from init, the others add
         first = sympy.And(*(sympy.Eq(d.var, d.start) for d in part.outside))
         init = sympy.Piecewise((init, first), (target, True))
-    last = sympy.Min(part.lanes, part.extent - part.lanes * part.vector_block)
-    return (Let(ACCUMULATORS, sympy.Integer(0), vector=True, count=width), *step,
-            Loop(LANE, 0, last if part.extent % part.lanes else part.lanes,
-                 (each((Store(target, init + At(acc, LANE)),)),)))
+    return (accumulators, *step,
+            Loop(LANE, 0, rows, (each((Store(target, init + At(acc, LANE)),)),)))
+
+
+def _rows(output, init, vector, block, shapes) -> sympy.Expr | None:
+    """The stride of ``output`` along ``vector`` where ``block`` walks it with unit stride
+    and the initial value, if any, is one read of unit stride along ``vector`` that
+    ``block`` does not move (a bias): then the accumulators are stored, and the initial
+    value added, a row of outputs per lane. Else None."""
+    coeffs, _ = strides(output, shapes[str(output.base.label)], [vector, block])
+    if coeffs.get(block) != 1 or vector not in coeffs:
+        return None
+    if init is not None:
+        if not isinstance(init, sympy.Indexed):
+            return None
+        read, _ = strides(init, shapes[str(init.base.label)], [vector, block])
+        if read.get(vector) != 1 or read.get(block, 0) != 0:
+            return None
+    return coeffs[vector]
 
 
 def _width(extent: int) -> int:

@@ -1,9 +1,10 @@
 """Loop-nest layer: the imperative form a comprehension lowers to, before C.
 
 Frozen nodes: `Loop` over ``start <= var < stop``, `Let` (a local scalar), `Update` (fold a
-value into a local with a reduction), `Store` (write a tensor element) and `Gemm` (a call of
-the runtime's matrix product, see `contract`). A `Kernel` is the
-nest of one graph node, with the origin it carries into the C comment.
+value into a local with a reduction), `Store` (write a tensor element), `RowsStore` (write
+vectors' lanes as rows) and `Gemm` (a call of the runtime's matrix product, see
+`contract`). A `Kernel` is the nest of one graph node, with the origin it carries into the
+C comment.
 """
 
 from __future__ import annotations
@@ -81,6 +82,19 @@ class Store:
 
 
 @dataclass(frozen=True)
+class RowsStore:
+    """Lane ``l`` of the vectors ``source[i]`` (``i < width``) to the element ``l·stride + i``
+    past ``target``, for the lanes ``l < rows``: outputs held one per vector along an axis
+    of unit stride, stored a row of them at a time (the runtime's transposing store)."""
+
+    target: sympy.Indexed
+    stride: sympy.Expr
+    source: sympy.Symbol
+    width: int
+    rows: sympy.Expr
+
+
+@dataclass(frozen=True)
 class Block:
     """A scope of its own (a comprehension with no free variable declares its local here)."""
 
@@ -101,7 +115,8 @@ class Loop:
     collapse: int = 1
 
 
-Stmt = Block | Loop | Let | Update | ArgMaxUpdate | Store | Gemm | Transform | Spectra
+Stmt = (Block | Loop | Let | Update | ArgMaxUpdate | Store | RowsStore | Gemm | Transform
+        | Spectra)
 
 
 @dataclass(frozen=True)
@@ -185,6 +200,9 @@ def format_nest(stmts, indent: str = "") -> str:
         elif isinstance(s, Spectra):
             lines.append(f"{indent}{s.c.tensor} = {s.a.tensor} * {s.b.tensor}   "
                          f"({s.describe()})")
+        elif isinstance(s, RowsStore):
+            lines.append(f"{indent}{s.target} on = {s.source} transposed   "
+                         f"({s.rows} rows of {s.width}, {s.stride} apart)")
         elif isinstance(s, Update):
             op = "+=" if s.reduction is Reduction.SUM else "max="
             lines.append(f"{indent}{s.var} {op} {s.value}")

@@ -118,6 +118,89 @@ CONVC_VECTOR_SUM(float, convc_vf32, f32)
 CONVC_VECTOR_SUM(double, convc_vf64, f64)
 #undef CONVC_VECTOR_SUM
 
+/* convc_vstore_rows_*(p, stride, v, width, rows): lane l of the vectors v[0], ..., v[width - 1]
+ * (width <= 16) to p[l * stride + 0 .. width - 1], for the first `rows` lanes: a block of
+ * outputs held in registers along a contiguous axis of its tensor, one vector per output,
+ * stored row by row rather than lane by lane. With GCC 12 or Clang, eight vectors at a time
+ * are transposed in three rounds of interleaving (a perfect shuffle, thrice, transposes eight
+ * rows; floats in each half of their lanes apart): 24 shuffles and 16 row stores where the
+ * lane by lane store takes 128 extracts. Each call's sizes are constants: the loops unroll. */
+#if (defined(__clang__) || __GNUC__ >= 12) && !defined(CONVC_SCALAR)
+static inline void convc_transpose8_f32(convc_vf32 *v) {
+    for (int round = 0; round < 3; round++) {
+        convc_vf32 t[8];
+        for (int r = 0; r < 4; r++) {
+            t[2 * r] = __builtin_shufflevector(v[r], v[r + 4], 0, 16, 1, 17, 2, 18, 3, 19,
+                                               8, 24, 9, 25, 10, 26, 11, 27);
+            t[2 * r + 1] = __builtin_shufflevector(v[r], v[r + 4], 4, 20, 5, 21, 6, 22, 7, 23,
+                                                   12, 28, 13, 29, 14, 30, 15, 31);
+        }
+        for (int r = 0; r < 8; r++) v[r] = t[r];
+    }
+}
+static inline void convc_transpose8_f64(convc_vf64 *v) {
+    for (int round = 0; round < 3; round++) {
+        convc_vf64 t[8];
+        for (int r = 0; r < 4; r++) {
+            t[2 * r] = __builtin_shufflevector(v[r], v[r + 4], 0, 8, 1, 9, 2, 10, 3, 11);
+            t[2 * r + 1] = __builtin_shufflevector(v[r], v[r + 4], 4, 12, 5, 13, 6, 14, 7, 15);
+        }
+        for (int r = 0; r < 8; r++) v[r] = t[r];
+    }
+}
+typedef float convc_vh32 __attribute__((vector_size(32)));
+typedef float convc_vh32_any __attribute__((vector_size(32), aligned(4), may_alias));
+/* After the transpose, row j of floats is the lower half of t[j] (j < 8), or the upper half
+ * of t[j - 8]; row j of doubles is t[j]. A row of 8 goes in one store, a shorter one in
+ * one masked store with AVX-512, else element by element. */
+#define CONVC_ROW_f32(t, row) ((row) < 8                                                    \
+    ? __builtin_shufflevector(t[(row) % 8], t[(row) % 8], 0, 1, 2, 3, 4, 5, 6, 7)             \
+    : __builtin_shufflevector(t[(row) % 8], t[(row) % 8], 8, 9, 10, 11, 12, 13, 14, 15))
+#define CONVC_ROW_f64(t, row) (t[row])
+#if defined(__AVX512VL__) && defined(__GNUC__) && !defined(__clang__)
+#define CONVC_STORE_PART_f32(q, r, n) __builtin_ia32_storeups256_mask((q), (r), (1u << (n)) - 1u)
+#define CONVC_STORE_PART_f64(q, r, n) __builtin_ia32_storeupd512_mask((q), (r), (1u << (n)) - 1u)
+#else
+#define CONVC_STORE_PART_f32(q, r, n) for (int i = 0; i < (n); i++) (q)[i] = (r)[i]
+#define CONVC_STORE_PART_f64(q, r, n) for (int i = 0; i < (n); i++) (q)[i] = (r)[i]
+#endif
+#define CONVC_VSTORE_ROWS(T, V, R, SUFFIX)                                                  \
+    static inline void convc_vstore_rows_##SUFFIX(T *p, int64_t stride, const V *v,         \
+                                                  int width, int rows) {                    \
+        for (int g = 0; g < width; g += 8) {                                               \
+            int n = width - g < 8 ? width - g : 8;                                         \
+            V t[8];                                                                        \
+            for (int i = 0; i < 8; i++) t[i] = i < n ? v[g + i] : (V){0};                   \
+            convc_transpose8_##SUFFIX(t);                                                       \
+            for (int row = 0; row < rows; row++) {                                         \
+                T *q = p + row * stride + g;                                               \
+                if (n == 8) {                                                              \
+                    *(R *)q = CONVC_ROW_##SUFFIX(t, row);                                  \
+                } else {                                                                   \
+                    CONVC_STORE_PART_##SUFFIX(q, CONVC_ROW_##SUFFIX(t, row), n);           \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+    }
+CONVC_VSTORE_ROWS(float, convc_vf32, convc_vh32_any, f32)
+CONVC_VSTORE_ROWS(double, convc_vf64, convc_vf64_any, f64)
+#undef CONVC_VSTORE_ROWS
+#undef CONVC_ROW_f32
+#undef CONVC_ROW_f64
+#undef CONVC_STORE_PART_f32
+#undef CONVC_STORE_PART_f64
+#else
+#define CONVC_VSTORE_ROWS(T, V, SUFFIX)                                                     \
+    static inline void convc_vstore_rows_##SUFFIX(T *p, int64_t stride, const V *v,         \
+                                                  int width, int rows) {                    \
+        for (int row = 0; row < rows; row++)                                               \
+            for (int i = 0; i < width; i++) p[row * stride + i] = v[i][row];               \
+    }
+CONVC_VSTORE_ROWS(float, convc_vf32, f32)
+CONVC_VSTORE_ROWS(double, convc_vf64, f64)
+#undef CONVC_VSTORE_ROWS
+#endif
+
 /* Batched matrix product (gemm.c): C[b] += A[b] B[b] for every b < batch (with `accumulate`
  * 0: C[b] = A[b] B[b], C need not be initialised), where element
  * (i, j) of X[b] is X[b * sx + i * rsx + j * csx] (strides in elements: row- or column-major

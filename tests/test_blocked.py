@@ -18,7 +18,7 @@ import convc
 from convc import blocked
 from convc.blocked import Blocked
 from convc.explain import explain
-from convc.loops import Block, Let, Loop, walk
+from convc.loops import Block, Let, Loop, RowsStore, Update, VLoad, walk
 
 WRT = ["x", "conv0.weight", "conv0.bias"]
 
@@ -66,6 +66,37 @@ def test_what_each_pass_holds_in_registers():
     (accumulators,) = [s for s in walk(tail.body) if isinstance(s, Let) and s.count]
     assert accumulators.count == 9
     assert "i1_block in [0, 22) step 11" in explain(lowered)
+
+
+def test_rows_of_outputs_are_stored_a_row_at_a_time():
+    """Where a block's outputs lie in a row (the forward pass's and h's columns), each
+    lane's row is stored at once (`RowsStore`), the bias added as a vector first; g's
+    blocks (input channels, 9 apart in the kernel gradient) are stored lane by lane."""
+    lowered = convc.lower(conv_graph(**CASES["plain"]), grad=WRT, algorithm="blocked")
+    (fwd,), (h,), (g,) = (_blocked(lowered, r) for r in ("fwd", "dinput", "dweight"))
+    assert (fwd.rows, h.rows, g.rows) == (6 * 31, 6 * 31, None)
+    rows = [s for s in walk(blocked.lower(fwd)) if isinstance(s, RowsStore)]
+    assert [(r.width, str(r.rows)) for r in rows] == [(11, "Min(16, 20 - 16*k_vector)"),
+                                                       (9, "Min(16, 20 - 16*k_vector)")]
+    bias = [s for s in walk(blocked.lower(fwd)) if isinstance(s, Update)
+            and "conv0.bias" in str(s.value)]
+    assert bias and all(isinstance(s.value, VLoad) for s in bias)
+    assert not [s for s in walk(blocked.lower(g)) if isinstance(s, RowsStore)]
+    assert "convc_vstore_rows_f32(&" in convc.compile(conv_graph(**CASES["plain"]),
+                                                      algorithm="blocked").source
+
+
+@pytest.mark.parametrize("target", ["native", "portable", "scalar"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rows_are_stored_on_every_target(target, dtype, monkeypatch):
+    """The transposing store (GCC's and Clang's vector shuffles, or lane by lane on the
+    scalar target) writes each row where it belongs: 20 channels (a vector and 4 lanes of
+    one), rows of 11 and 9 (eight accumulators transposed at a time, and what is left)."""
+    monkeypatch.setenv("CONVC_TARGET", target)
+    net = convc.compile(conv_graph(**CASES["plain"]), dtype, grad=WRT, algorithm="blocked")
+    assert f"convc_vstore_rows_{dtype[0]}{dtype[-2:]}(&" in net.source
+    check_against_references(net, CASES["plain"], 11, dtype,
+                             1e-10 if dtype == "float64" else 2e-5)
 
 
 def test_results_do_not_depend_on_the_thread_count():

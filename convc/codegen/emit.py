@@ -14,8 +14,8 @@ import sympy
 
 from ..ir.comprehension import Reduction
 from ..contract import Gemm
-from ..loops import (ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Store, Update, VLoad,
-                     walk)
+from ..loops import (ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, RowsStore, Store, Update,
+                     VLoad, walk)
 from ..spectral import Spectra, Transform
 from .cprinter import CPrinter
 from .names import c_comment
@@ -198,6 +198,10 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, context: _Context
         return [f"{indent}{stmt.var} = {p(Reduction.MAX.combine(stmt.var, stmt.value))};"]
     if isinstance(stmt, Store):
         return [f"{indent}{p(stmt.target)} = {p(stmt.value)};"]
+    if isinstance(stmt, RowsStore):
+        i = printer.doprint_int
+        return [f"{indent}convc_vstore_rows_{printer.suffix}(&{p(stmt.target)}, "
+                f"{i(stmt.stride)}, {stmt.source}, {stmt.width}, {i(stmt.rows)});"]
     if isinstance(stmt, Gemm):
         return _emit_gemm(stmt, printer, buffers, indent, context.threads)
     if isinstance(stmt, Transform):

@@ -37,12 +37,11 @@ static void convc_lenet_conv0_fwd(int64_t N, const float *restrict x, const floa
                             } /* m1 */
                         } /* m0 */
                     } /* c */
-                    for (int64_t lane = 0; lane < 2 - 16*k_vector; ++lane) {
-                        #pragma GCC unroll 6
-                        for (int64_t i1_in = 0; i1_in < 6; ++i1_in) {
-                            conv0[((n*2 + 16*k_vector + lane)*6 + i0)*6 + i1_block + i1_in] = vacc[i1_in][lane] + conv0_bias[16*k_vector + lane];
-                        }
-                    } /* lane */
+                    #pragma GCC unroll 6
+                    for (int64_t i1_in = 0; i1_in < 6; ++i1_in) {
+                        vacc[i1_in] += convc_vload_part_f32(&conv0_bias[16*k_vector], 2 - 16*k_vector);
+                    }
+                    convc_vstore_rows_f32(&conv0[((n*2 + 16*k_vector)*6 + i0)*6 + i1_block], 36, vacc, 6, 2 - 16*k_vector);
                 } /* i1_block */
             } /* i0 */
         } /* k_vector */
