@@ -216,11 +216,10 @@ def _emit_gemm(gemm: Gemm, printer: CPrinter, buffers, indent: str, threads: int
     """``C += A·B`` (or ``C = A·B``) by the runtime; a failure (no memory to pack into)
     returns its code."""
     i = printer.doprint_int
-    suffix = "f32" if printer.float_type == "float" else "f64"
     batch = i(gemm.batch.extent) if gemm.batch else "1"
     args = [str(threads), str(int(gemm.accumulate)), batch, i(gemm.m), i(gemm.n), i(gemm.k),
             *_views((gemm.a, gemm.b, gemm.c), printer, buffers)]
-    call = f"convc_gemm_{suffix}({', '.join(args)})"
+    call = f"convc_gemm_{printer.suffix}({', '.join(args)})"
     return [f"{indent}/* {c_comment(gemm.describe())} */",
             f"{indent}if ({call} != CONVC_OK)", f"{indent}{INDENT}return CONVC_ERR_NOMEM;"]
 
@@ -239,12 +238,11 @@ def _views(views, printer: CPrinter, buffers) -> list[str]:
 def _emit_spectra(s: Spectra, printer: CPrinter, buffers, indent: str, threads: int
                   ) -> list[str]:
     """Products of spectra by the runtime."""
-    suffix = "f32" if printer.float_type == "float" else "f64"
     i = printer.doprint_int
     args = [str(threads), str(int(s.conj)), i(s.batch), i(s.m), i(s.n), i(s.k), str(s.count),
             *_views((s.a, s.b, s.c), printer, buffers)]
     return [f"{indent}/* {c_comment(s.describe())} */",
-            f"{indent}if (convc_spectra_{suffix}({', '.join(args)}) != CONVC_OK)",
+            f"{indent}if (convc_spectra_{printer.suffix}({', '.join(args)}) != CONVC_OK)",
             f"{indent}{INDENT}return CONVC_ERR_SIZE;"]
 
 
@@ -255,14 +253,13 @@ def _sizes(values) -> str:
 def _emit_transform(t: Transform, printer: CPrinter, buffers, indent: str, threads: int
                     ) -> list[str]:
     """Real FFTs by the runtime, in the module's FFT scratch."""
-    suffix = "f32" if printer.float_type == "float" else "f64"
     source, target = buffers[t.source].cname, buffers[t.target].cname
     head = [str(threads), str(len(t.dims)), _sizes(t.dims), printer.doprint_int(t.count)]
     if t.inverse:
         args = [*head, source, _sizes(t.offset), _sizes(t.shape), target, "fft_scratch"]
     else:
         args = [*head, _sizes(t.shape), source, target, "fft_scratch"]
-    call = f"convc_{'irfft' if t.inverse else 'rfft'}_{suffix}({', '.join(args)})"
+    call = f"convc_{'irfft' if t.inverse else 'rfft'}_{printer.suffix}({', '.join(args)})"
     return [f"{indent}/* {c_comment(t.describe())} */",
             f"{indent}if ({call} != CONVC_OK)", f"{indent}{INDENT}return CONVC_ERR_SIZE;"]
 
