@@ -204,11 +204,28 @@ HAND_CASES = [
     (sympy.Min(7, sympy.floor((j + 2) / 2)) - sympy.Max(0, sympy.ceiling((i - 2) / 2)) + 1,
      lambda a, b, d: min(7, (b + 2) // 2) - max(0, ceil_div(a - 2, 2)) + 1),
     (sympy.Abs(i - j), lambda a, b, d: abs(a - b)),
+    # guards against fractions, as sympy solves 0 <= 2*i - 1: compared as integers
+    (sympy.Piecewise((1, (i >= sympy.Rational(1, 2)) & (i + j < sympy.Rational(7, 2))),
+                     (0, True)), lambda a, b, d: int(2 * a >= 1 and 2 * (a + b) < 7)),
+    (sympy.Piecewise((k, 2 * i - j > sympy.Rational(-5, 3)), (j, j <= sympy.Rational(-1, 2)),
+                     (0, True)),
+     lambda a, b, d: d if 3 * (2 * a - b) > -5 else (b if 2 * b <= -1 else 0)),
 ]
 
 
 def test_integer_helpers_match_python(tmp_path):
     check_integer_cases(HAND_CASES, tmp_path)
+
+
+def test_a_guard_against_a_fraction_compares_integers():
+    """``t >= 1/2`` of an integer ``t`` is ``t >= 1``: no float in the test (which the C of
+    every point would convert to), and the bound rounded the way the comparison needs."""
+    assert print_c(i >= sympy.Rational(1, 2)) == "i >= 1"
+    assert print_c(i < sympy.Rational(57, 2)) == "i <= 28"
+    assert print_c(2 * i + j > sympy.Rational(-3, 2)) == "2*i + j >= -1"
+    assert print_c(i <= sympy.Rational(5, 3)) == "i <= 1"
+    x = sympy.Symbol("x")  # a float compared with a fraction stays a float comparison
+    assert "2.0F" in CPrinter().doprint(x >= sympy.Rational(1, 2))
 
 
 def affine_case(kind: str, a: int, b: int, off: int, den: int):

@@ -215,6 +215,19 @@ class CPrinter(C99CodePrinter):
             return f"convc_max({text}, -({text}))"
         return super()._print_Abs(expr)
 
+    def _print_Relational(self, expr) -> str:
+        """An integer expression compared with a fraction (the guard ``0 <= 2·t - 1`` that
+        sympy solves to ``t >= 1/2``) as the integer comparison it means (``t >= 1``), in
+        int64: no conversion to float at every point."""
+        diff = sympy.expand(expr.lhs - expr.rhs)
+        fraction, integer = diff.as_coeff_Add()
+        if not (fraction.is_Rational and not fraction.is_Integer and integer.is_integer
+                and expr.rel_op in (">=", ">", "<=", "<")):
+            return super()._print_Relational(expr)
+        if expr.rel_op in (">=", ">"):  # integer > -fraction: integer >= its ceiling
+            return f"{self._int(integer)} >= {self._int(sympy.ceiling(-fraction))}"
+        return f"{self._int(integer)} <= {self._int(sympy.floor(-fraction))}"
+
     def _print_Rational(self, expr) -> str:
         if self._int_depth:
             raise self._not_integer(expr)
