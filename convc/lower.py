@@ -22,7 +22,7 @@ import sympy
 from . import blocked
 from .blocked import Blocked
 from .errors import DerivationError
-from .ir.affine import affine_terms, index_range, is_proven, solve_inside, strides
+from .ir.affine import affine_terms, index_range, is_proven, never_meet, solve_inside, strides
 from .ir.comprehension import ACC, ARG, Comprehension, Dim, Reduction, row_major
 from .loops import (ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Stmt, Store, Update,
                     VLoad, VSum, fused)
@@ -506,21 +506,32 @@ def lower_node(node: str, inputs: tuple[str, ...], parts, shapes: dict[str, tupl
 def _fused_siblings(lowered: list[tuple[tuple[Stmt, ...], object]]) -> tuple[Stmt, ...]:
     """The parts' nests in order, consecutive comprehensions over the same loops run in one
     nest (a ReLU and its mask: one pass over what they read, one parallel region) where
-    neither reads what the other writes. A product or a transform is never fused."""
-    out: list[tuple[tuple[Stmt, ...], set | None, set | None]] = []
+    neither reads what the other writes, and what both write they write at elements apart
+    (the phases of Winograd's output transform: one pass over the products). A product or
+    a transform is never fused."""
+    out: list[tuple[tuple[Stmt, ...], list[Comprehension] | None]] = []
     for nest, part in lowered:
         if not isinstance(part, Comprehension):
-            out.append((nest, None, None))
+            out.append((nest, None))
             continue
-        reads, writes = set(_read(part)), {written(part)}
-        if out and out[-1][1] is not None:
-            last, read, wrote = out[-1]
-            merged = None if reads & wrote or writes & (read | wrote) else fused(last, nest)
+        if out and out[-1][1] is not None and _independent(out[-1][1], part):
+            merged = fused(out[-1][0], nest)
             if merged is not None:
-                out[-1] = (merged, read | reads, wrote | writes)
+                out[-1] = (merged, [*out[-1][1], part])
                 continue
-        out.append((nest, reads, writes))
-    return tuple(s for nest, _, _ in out for s in nest)
+        out.append((nest, [part]))
+    return tuple(s for nest, _ in out for s in nest)
+
+
+def _independent(group: list[Comprehension], part: Comprehension) -> bool:
+    """Whether ``part`` can run in the loops of ``group``: it reads nothing they write, they
+    read nothing it writes, and where they write its tensor, never an element it writes."""
+    reads, writes = set(_read(part)), written(part)
+    if reads & {written(g) for g in group} or any(writes in _read(g) for g in group):
+        return False
+    variables = sorted({d.var for c in (*group, part) for d in c.variables}, key=str)
+    return all(never_meet(g.output, part.output, variables)
+               for g in group if written(g) == writes)
 
 
 def _lower_part(part, shapes, lanes: int, integers: frozenset) -> tuple[Stmt, ...]:

@@ -24,6 +24,7 @@ from convc.ir.affine import (
     invert_access,
     kernel_gradient_bounds,
     mod_inverse,
+    never_meet,
 )
 
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=150)
@@ -237,3 +238,21 @@ def test_kernel_gradient_bounds_in_a_symbolic_tap():
     for tap in range(4):
         assert value(start, m=tap) == max(0, -((3 * tap - 1) // 2))
         assert value(stop, m=tap) == min(6, (10 + 1 - 3 * tap) // 2 + 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-3, 3), min_size=4, max_size=4), st.integers(-4, 4),
+       st.integers(-4, 4))
+def test_never_meet_only_where_no_values_meet(coeffs, ka, kb):
+    """Two indices ``a·i + b·j + ka`` and ``c·i + d·j + kb`` (each with variables of its
+    own) said never to meet do not, over a box of values; said to possibly meet, do where
+    the gcd test allows it (some values meet in the box)."""
+    i, j = sympy.symbols("i j", integer=True)
+    a, b, c, d = coeffs
+    T = sympy.IndexedBase("t")
+    apart = never_meet(T[a * i + b * j + ka], T[c * i + d * j + kb], [i, j])
+    box = range(-12, 13)
+    first = {a * p + b * q + ka for p in box for q in box}
+    second = {c * p + d * q + kb for p in box for q in box}
+    assert apart == (not first & second)
+

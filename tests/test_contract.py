@@ -364,6 +364,33 @@ def test_an_elementwise_nodes_outputs_are_written_in_one_loop():
     assert len(lower_node("n", ("x",), (double, total), shapes).nests) >= 2
 
 
+def test_writes_to_one_tensor_at_elements_apart_share_a_loop():
+    """The phases of Winograd's output transform write the even and odd elements of one
+    output: never the same element, so one nest writes both (one pass over what they read).
+    Writes that can meet (the same elements, or a shift by one) keep their order."""
+    i = sympy.Symbol("i", integer=True, nonnegative=True)
+    x, y = sympy.IndexedBase("x"), sympy.IndexedBase("y")
+    shapes = {"x": (64,), "y": (128,)}
+
+    def phase(target, body):
+        return Comprehension(target, ((i, 64),), body)
+
+    even, odd = phase(y[2 * i], x[i]), phase(y[2 * i + 1], 2 * x[i])
+    kernel = lower_node("n", ("x",), (even, odd), shapes)
+    assert len(kernel.nests) == 1
+    assert len([st for st in walk(kernel.nests) if isinstance(st, Store)]) == 2
+    for clash in (phase(y[2 * i], 3 * x[i]), phase(y[i + 1], 3 * x[i])):
+        assert len(lower_node("n", ("x",), (even, clash), shapes).nests) == 2
+    g = convc.Graph("wino")
+    g.output(g.conv(g.input("x", (None, 16, 16, 16)), channels=16, kernel=3, padding=1))
+    wino = convc.lower(g, algorithm="winograd")
+    step = wino.steps[0]
+    assert len([p for p in wino.parts[step] if getattr(p, "tensor", "") == "conv0"]) == 4
+    writing = [n for n in wino.kernels[step].nests if any(
+        isinstance(st, Store) and str(st.target.base.label) == "conv0" for st in walk((n,)))]
+    assert len(writing) == 1  # the four phases, one nest
+
+
 def test_relu_and_its_mask_in_one_pass_give_numpys_numbers():
     g = convc.Graph("relu")
     x = g.input("x", (None, 3, 40))

@@ -107,6 +107,20 @@ def is_proven_inside(idx, dims: dict, size) -> bool:
     return is_proven(lo >= 0) and is_proven(hi <= size - 1)
 
 
+def never_meet(a: sympy.Indexed, b: sympy.Indexed, variables) -> bool:
+    """Whether two accesses of one tensor reach no element in common, whatever values
+    their variables take: along some axis the indices differ by a constant that no
+    integer combination of their coefficients makes up (``2·t`` and ``2·t + 1``)."""
+    for x, y in zip(a.indices, b.indices):
+        (cx, kx), (cy, ky) = affine_terms(x, variables), affine_terms(y, variables)
+        steps = [*cx.values(), *cy.values()]
+        if not all(c.is_Integer for c in (*steps, kx - ky)):
+            continue
+        if kx != ky if not steps else (kx - ky) % functools.reduce(sympy.gcd, steps) != 0:
+            return True
+    return False
+
+
 def _lower_bound(expr: sympy.Expr) -> sympy.Expr | None:
     """A lower bound of ``expr``, a sum of terms and rational multiples of floors and
     ceilings of rational combinations of integers; None otherwise. The most deeply nested
