@@ -480,12 +480,45 @@ def _serial_nest(comp: Comprehension, shapes) -> tuple[Stmt, ...]:
             inside = sympy.And(*[sympy.And(idx >= 0, idx < size) for idx, size in unsafe])
             guards[access] = sympy.Piecewise((access, inside), (fill, True))
             borders[access] = (unsafe, fill)
-    if len(borders) == 1 and comp.reduction is Reduction.NONE and not comp.where:
-        (access, (unsafe, fill)), = borders.items()
-        nest = _bordered(comp, bounds, access, unsafe, fill)
+    if borders and comp.reduction is Reduction.NONE and not comp.where:
+        if len(borders) == 1:
+            (access, (unsafe, fill)), = borders.items()
+            nest = _bordered(comp, bounds, access, unsafe, fill)
+        else:
+            nest = _tested_at_borders(comp, borders)
         if nest is not None:
             return nest
     return _nest(comp, bounds, guards, _contiguous(comp, shapes))
+
+
+def _tested_at_borders(comp: Comprehension, borders: dict) -> tuple[Stmt, ...] | None:
+    """A comprehension with no sum whose reads (several: Winograd's input transform reads
+    a tile's corners) can leave their tensors along axes each moved by one free variable:
+    each such variable's loop runs in three parts (`_split_nest`), and only points outside
+    the interiors test their reads. None when an axis moves with several variables."""
+    interiors: dict[sympy.Symbol, tuple] = {}
+    tested = []
+    for access, (unsafe, fill) in borders.items():
+        for idx, size in unsafe:
+            coeffs, _ = affine_terms(idx, [d.var for d in comp.free])
+            if len(coeffs) != 1:
+                return None
+            (v, coeff), = coeffs.items()
+            lo, hi = solve_inside(coeff, idx - coeff * v, size)
+            start, stop = interiors.get(v, (lo, hi))
+            interiors[v] = (sympy.Max(start, lo), sympy.Min(stop, hi))
+            tested.append((access, sympy.And(idx >= 0, idx < size), v, fill))
+
+    def point(inside: frozenset, _fixed: dict) -> tuple[Stmt, ...]:
+        conditions: dict = {}
+        for access, condition, v, fill in tested:
+            if v not in inside:
+                conditions.setdefault((access, fill), []).append(condition)
+        guards = {access: sympy.Piecewise((access, sympy.And(*c)), (fill, True))
+                  for (access, fill), c in conditions.items()}
+        return (Store(comp.output, comp.body.xreplace(guards)),)
+
+    return _split_nest(comp.free, interiors, point)
 
 
 def lower_node(node: str, inputs: tuple[str, ...], parts, shapes: dict[str, tuple],

@@ -128,6 +128,35 @@ def test_packing_splits_borders_instead_of_testing_each_element(stride):
         assert "?" not in body and "%" not in body, body
 
 
+def test_reads_at_several_shifts_are_tested_at_the_borders_only():
+    """A pointwise sum of reads at several shifts, zero outside (Winograd's input transform
+    reads a tile's corners): the loops of the variables that move them run in three parts,
+    the interior with no test, and the numbers are numpy's."""
+    t, u = (sympy.Symbol(v, integer=True, nonnegative=True) for v in "tu")
+    x, y = sympy.IndexedBase("x"), sympy.IndexedBase("y")
+    comp = Comprehension(y[t, u], ((t, 9), (u, 8)),
+                         x[2 * t - 1, u + 1] - 3 * x[2 * t + 1, u - 1] + x[t, u],
+                         fill=(("x", 0),))
+    nest = lower_comprehension(comp, {"x": (17, 8), "y": (9, 8)})
+    stores = [st for st in walk(nest) if isinstance(st, Store)]
+    assert len(stores) == 9  # t: border, interior, border; u likewise
+    interior = [st for st in stores if not st.value.has(sympy.Piecewise)]
+    assert len(interior) == 1
+    loops = {(str(lp.var), lp.start, lp.stop) for lp in walk(nest) if isinstance(lp, Loop)}
+    assert {("t", 1, 8), ("u", 1, 7)} <= loops
+    g = convc.Graph("shifts")
+    xs = g.input("x", (None, 1, 17, 8))
+    g.output(g.conv(xs, channels=1, kernel=3, padding=1, bias=False, algorithm="winograd"))
+    net = convc.compile(g, "float64")
+    rng = np.random.default_rng(9)
+    X, W = rng.standard_normal((2, 1, 17, 8)), rng.standard_normal((1, 1, 3, 3))
+    padded = np.pad(X, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    expected = sum(W[0, 0, a, b] * padded[:, :, a:a + 17, b:b + 8]
+                   for a in range(3) for b in range(3))
+    np.testing.assert_allclose(net(x=X, **{"conv0.weight": W}), expected, rtol=1e-12,
+                               atol=1e-12)
+
+
 def test_elementwise_ops_run_as_one_loop():
     g = convc.Graph("e")
     g.output(g.relu(g.input("x", (None, 3, 5, 7))))
