@@ -2,8 +2,8 @@
 
 Frozen nodes: `Loop` over ``start <= var < stop``, `Let` (a local scalar), `Update` (fold a
 value into a local with a reduction), `Store` (write a tensor element), `RowsStore` (write
-vectors' lanes as rows) and `Gemm` (a call of the runtime's matrix product, see
-`contract`). A `Kernel` is the nest of one graph node, with the origin it carries into the
+vectors' lanes as rows), `TransposeTile` (copy a tile transposed) and `Gemm` (a call of the
+runtime's matrix product, see `contract`). A `Kernel` is the nest of one graph node, with the origin it carries into the
 C comment.
 """
 
@@ -95,6 +95,21 @@ class RowsStore:
 
 
 @dataclass(frozen=True)
+class TransposeTile:
+    """``target[c·target_stride + r] = source[r·source_stride + c]`` for ``r < rows`` and
+    ``c < cols``, each at most the vector's lanes, the accesses those of ``r = c = 0``: a
+    tile of a copy that moves a strided axis innermost (the output gradient laid out in
+    vectors of channels), by the runtime's transposing copy."""
+
+    target: sympy.Indexed
+    target_stride: sympy.Expr
+    source: sympy.Indexed
+    source_stride: sympy.Expr
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True)
 class Block:
     """A scope of its own (a comprehension with no free variable declares its local here)."""
 
@@ -115,8 +130,8 @@ class Loop:
     collapse: int = 1
 
 
-Stmt = (Block | Loop | Let | Update | ArgMaxUpdate | Store | RowsStore | Gemm | Transform
-        | Spectra)
+Stmt = (Block | Loop | Let | Update | ArgMaxUpdate | Store | RowsStore | TransposeTile | Gemm
+        | Transform | Spectra)
 
 
 @dataclass(frozen=True)
@@ -203,6 +218,10 @@ def format_nest(stmts, indent: str = "") -> str:
         elif isinstance(s, RowsStore):
             lines.append(f"{indent}{s.target} on = {s.source} transposed   "
                          f"({s.rows} rows of {s.width}, {s.stride} apart)")
+        elif isinstance(s, TransposeTile):
+            lines.append(f"{indent}{s.target} on = {s.source} on, transposed   "
+                         f"({s.cols} rows of {s.rows}, {s.target_stride} apart, from "
+                         f"{s.rows} rows {s.source_stride} apart)")
         elif isinstance(s, Update):
             op = "+=" if s.reduction is Reduction.SUM else "max="
             lines.append(f"{indent}{s.var} {op} {s.value}")

@@ -24,8 +24,8 @@ from .blocked import Blocked
 from .errors import DerivationError
 from .ir.affine import affine_terms, index_range, is_proven, never_meet, solve_inside, strides
 from .ir.comprehension import ACC, ARG, Comprehension, Dim, Reduction, row_major
-from .loops import (ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Stmt, Store, Update,
-                    VLoad, VSum, fused)
+from .loops import (ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, Stmt, Store,
+                    TransposeTile, Update, VLoad, VSum, fused)
 from .ops import ASSUMED_SIZE, BATCH, estimate
 from .spectral import Transform
 
@@ -45,6 +45,9 @@ def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple], lanes: in
     of its free variables is written by one iteration only, so they never race.
     """
     comp = _collapse(_fold_single_points(comp), shapes)
+    transposed = _transposed(comp, shapes, lanes, integers)
+    if transposed is not None:
+        return _parallel(comp, transposed)
     registers = _outputs_in_registers(comp, shapes, lanes, integers)
     if registers is not None:
         return _parallel(comp, registers)
@@ -54,6 +57,44 @@ def lower_comprehension(comp: Comprehension, shapes: dict[str, tuple], lanes: in
     if len(passes) > 1 and len(comp.free) == 1:
         return nest  # the accumulating pass's outer loop is a reduced variable
     return _parallel(comp, nest)
+
+
+def _transposed(comp: Comprehension, shapes, lanes: int, integers: frozenset
+                ) -> tuple[Stmt, ...] | None:
+    """A copy whose innermost variable (at most ``lanes`` values) walks its output with unit
+    stride and its input with another, and whose next variable walks the input with unit
+    stride (a kernel laid out in vectors of a channel: `blocked`): tiles of ``lanes``
+    values of that next variable copied transposed (`TransposeTile`), each read and
+    written a vector at a time, where element by element the compiler gathers. None
+    otherwise, or where a read can leave its tensor or a tile's count is not constant."""
+    if lanes < 2 or comp.reduction is not Reduction.NONE or comp.where or len(comp.free) < 2:
+        return None
+    read, (*outer, b, a) = comp.body, comp.free
+    if (not isinstance(read, sympy.Indexed) or str(read.base.label) in integers
+            or not sympy.sympify(a.stop).is_Integer or int(a.stop) > lanes
+            or a.start != 0 or b.start != 0
+            or (read not in comp.inside and _unsafe_axes(comp, read, shapes))):
+        return None
+    to, _ = strides(comp.output, shapes[comp.tensor], [a.var, b.var])
+    src, _ = strides(read, shapes[str(read.base.label)], [a.var, b.var])
+    full = lanes * sympy.floor(b.stop / lanes)
+    tail = sympy.expand(b.stop - full)
+    if (to.get(a.var) != 1 or src.get(b.var) != 1 or src.get(a.var, 1) == 1
+            or not tail.is_Integer):
+        return None
+
+    def tile(start, cols: int) -> TransposeTile:
+        at = {a.var: 0, b.var: start}
+        return TransposeTile(comp.output.xreplace(at), to[b.var], read.xreplace(at),
+                             src[a.var], int(a.stop), cols)
+
+    nest: tuple[Stmt, ...] = () if full == 0 else (
+        Loop(b.var, 0, full, (tile(b.var, lanes),), step=lanes),)
+    if tail:
+        nest += (tile(full, int(tail)),)
+    for d in reversed(outer):
+        nest = (Loop(d.var, d.start, d.stop, nest),)
+    return nest
 
 
 def _parallel(comp: Comprehension, nest: tuple[Stmt, ...]) -> tuple[Stmt, ...]:

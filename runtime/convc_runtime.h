@@ -125,7 +125,25 @@ CONVC_VECTOR_SUM(double, convc_vf64, f64)
  * are transposed in three rounds of interleaving (a perfect shuffle, thrice, transposes eight
  * rows; floats in each half of their lanes apart): 24 shuffles and 16 row stores where the
  * lane by lane store takes 128 extracts. Each call's sizes are constants: the loops unroll. */
+/* convc_transpose_*(dst, dst_stride, src, src_stride, rows, cols): dst[c * dst_stride + r] =
+ * src[r * src_stride + c] for r < rows and c < cols, both at most the vector's lanes (16
+ * floats, 8 doubles): a tile of a layout change that moves a strided axis innermost (the
+ * output gradient laid out in vectors of channels), read and written a vector at a time
+ * (the rows transposed in registers: a perfect shuffle, four or three times) rather than
+ * element by element. */
 #if (defined(__clang__) || __GNUC__ >= 12) && !defined(CONVC_SCALAR)
+static inline void convc_transpose16_f32(convc_vf32 *v) {
+    for (int round = 0; round < 4; round++) {
+        convc_vf32 t[16];
+        for (int r = 0; r < 8; r++) {
+            t[2 * r] = __builtin_shufflevector(v[r], v[r + 8], 0, 16, 1, 17, 2, 18, 3, 19,
+                                               4, 20, 5, 21, 6, 22, 7, 23);
+            t[2 * r + 1] = __builtin_shufflevector(v[r], v[r + 8], 8, 24, 9, 25, 10, 26,
+                                                   11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        }
+        for (int r = 0; r < 16; r++) v[r] = t[r];
+    }
+}
 static inline void convc_transpose8_f32(convc_vf32 *v) {
     for (int round = 0; round < 3; round++) {
         convc_vf32 t[8];
@@ -171,7 +189,7 @@ typedef float convc_vh32_any __attribute__((vector_size(32), aligned(4), may_ali
             int n = width - g < 8 ? width - g : 8;                                         \
             V t[8];                                                                        \
             for (int i = 0; i < 8; i++) t[i] = i < n ? v[g + i] : (V){0};                   \
-            convc_transpose8_##SUFFIX(t);                                                       \
+            convc_transpose8_##SUFFIX(t);                                                  \
             for (int row = 0; row < rows; row++) {                                         \
                 T *q = p + row * stride + g;                                               \
                 if (n == 8) {                                                              \
@@ -187,6 +205,36 @@ CONVC_VSTORE_ROWS(double, convc_vf64, convc_vf64_any, f64)
 #undef CONVC_VSTORE_ROWS
 #undef CONVC_ROW_f32
 #undef CONVC_ROW_f64
+#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+#define CONVC_VSTORE_PART_f32(q, v, n) __builtin_ia32_storeups512_mask((q), (v), (1u << (n)) - 1u)
+#define CONVC_VSTORE_PART_f64(q, v, n) __builtin_ia32_storeupd512_mask((q), (v), (1u << (n)) - 1u)
+#else
+#define CONVC_VSTORE_PART_f32(q, v, n) for (int i = 0; i < (n); i++) (q)[i] = (v)[i]
+#define CONVC_VSTORE_PART_f64(q, v, n) for (int i = 0; i < (n); i++) (q)[i] = (v)[i]
+#endif
+#define CONVC_TRANSPOSE(T, V, A, SUFFIX, LANES, SQUARE)                                     \
+    static inline void convc_transpose_##SUFFIX(T *dst, int64_t dst_stride, const T *src,   \
+                                                int64_t src_stride, int rows, int cols) {   \
+        V v[LANES];                                                                        \
+        for (int r = 0; r < LANES; r++) {                                                  \
+            if (r >= rows) v[r] = (V){0};                                                  \
+            else if (cols == LANES) v[r] = convc_vload_##SUFFIX(src + r * src_stride);     \
+            else v[r] = convc_vload_part_##SUFFIX(src + r * src_stride, cols);             \
+        }                                                                                  \
+        SQUARE(v);                                                                         \
+        for (int c = 0; c < cols; c++) {                                                   \
+            if (rows == LANES) {                                                           \
+                *(A *)(dst + c * dst_stride) = v[c];                                       \
+            } else {                                                                       \
+                CONVC_VSTORE_PART_##SUFFIX(dst + c * dst_stride, v[c], rows);              \
+            }                                                                              \
+        }                                                                                  \
+    }
+CONVC_TRANSPOSE(float, convc_vf32, convc_vf32_any, f32, 16, convc_transpose16_f32)
+CONVC_TRANSPOSE(double, convc_vf64, convc_vf64_any, f64, 8, convc_transpose8_f64)
+#undef CONVC_TRANSPOSE
+#undef CONVC_VSTORE_PART_f32
+#undef CONVC_VSTORE_PART_f64
 #undef CONVC_STORE_PART_f32
 #undef CONVC_STORE_PART_f64
 #else
@@ -199,6 +247,15 @@ CONVC_VSTORE_ROWS(double, convc_vf64, convc_vf64_any, f64)
 CONVC_VSTORE_ROWS(float, convc_vf32, f32)
 CONVC_VSTORE_ROWS(double, convc_vf64, f64)
 #undef CONVC_VSTORE_ROWS
+#define CONVC_TRANSPOSE(T, SUFFIX)                                                          \
+    static inline void convc_transpose_##SUFFIX(T *dst, int64_t dst_stride, const T *src,   \
+                                                int64_t src_stride, int rows, int cols) {   \
+        for (int c = 0; c < cols; c++)                                                     \
+            for (int r = 0; r < rows; r++) dst[c * dst_stride + r] = src[r * src_stride + c]; \
+    }
+CONVC_TRANSPOSE(float, f32)
+CONVC_TRANSPOSE(double, f64)
+#undef CONVC_TRANSPOSE
 #endif
 
 /* Batched matrix product (gemm.c): C[b] += A[b] B[b] for every b < batch (with `accumulate`

@@ -18,7 +18,7 @@ import convc
 from convc import blocked
 from convc.blocked import Blocked
 from convc.explain import explain
-from convc.loops import Block, Let, Loop, RowsStore, Update, VLoad, walk
+from convc.loops import Block, Let, Loop, RowsStore, TransposeTile, Update, VLoad, walk
 
 WRT = ["x", "conv0.weight", "conv0.bias"]
 
@@ -97,6 +97,26 @@ def test_rows_are_stored_on_every_target(target, dtype, monkeypatch):
     assert f"convc_vstore_rows_{dtype[0]}{dtype[-2:]}(&" in net.source
     check_against_references(net, CASES["plain"], 11, dtype,
                              1e-10 if dtype == "float64" else 2e-5)
+
+
+@pytest.mark.parametrize("target", ["native", "portable", "scalar"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_output_gradient_is_laid_out_by_transposed_tiles(target, dtype, monkeypatch):
+    """g reads the output gradient in vectors of output channels: a copy that moves the
+    channel innermost, done in tiles transposed a vector at a time (`TransposeTile`): 32
+    channels (whole vectors of either type), rows of 21 (a whole tile and a narrower
+    one), on every target."""
+    monkeypatch.setenv("CONVC_TARGET", target)
+    c = dict(cin=3, size=(5, 23), channels=32, kernel=(3, 3), padding=0)
+    net = convc.compile(conv_graph(**c), dtype, grad=WRT, algorithm="blocked")
+    lanes = 16 if dtype == "float32" else 8
+    step = next(s for s in net.lowered.steps if s.role == "dweight")
+    tiles = [t for t in walk(net.lowered.kernels[step].nests) if isinstance(t, TransposeTile)]
+    assert [(t.rows, t.cols) for t in tiles] == [(lanes, lanes), (lanes, 21 % lanes)]
+    assert f"convc_transpose_{dtype[0]}{dtype[-2:]}(&" in net.source
+    check_against_references(net, c, 12, dtype, 1e-10 if dtype == "float64" else 2e-5)
+    partial = convc.lower(conv_graph(**CASES["plain"]), dtype, grad=WRT, algorithm="blocked")
+    assert "convc_transpose" not in partial.source  # 20 channels: reads past the last tested
 
 
 def test_results_do_not_depend_on_the_thread_count():

@@ -14,8 +14,8 @@ import sympy
 
 from ..ir.comprehension import Reduction
 from ..contract import Gemm
-from ..loops import (ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, RowsStore, Store, Update,
-                     VLoad, walk)
+from ..loops import (ArgMaxUpdate, Block, Kernel, Let, Loop, LoopKind, RowsStore, Store,
+                     TransposeTile, Update, VLoad, walk)
 from ..spectral import Spectra, Transform
 from .cprinter import CPrinter
 from .names import c_comment
@@ -202,6 +202,11 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, context: _Context
         i = printer.doprint_int
         return [f"{indent}convc_vstore_rows_{printer.suffix}(&{p(stmt.target)}, "
                 f"{i(stmt.stride)}, {stmt.source}, {stmt.width}, {i(stmt.rows)});"]
+    if isinstance(stmt, TransposeTile):
+        i = printer.doprint_int
+        return [f"{indent}convc_transpose_{printer.suffix}(&{p(stmt.target)}, "
+                f"{i(stmt.target_stride)}, &{p(stmt.source)}, {i(stmt.source_stride)}, "
+                f"{stmt.rows}, {stmt.cols});"]
     if isinstance(stmt, Gemm):
         return _emit_gemm(stmt, printer, buffers, indent, context.threads)
     if isinstance(stmt, Transform):
