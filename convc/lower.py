@@ -79,8 +79,8 @@ def _transposed(comp: Comprehension, shapes, lanes: int, integers: frozenset
     src, _ = strides(read, shapes[str(read.base.label)], [a.var, b.var])
     full = lanes * sympy.floor(b.stop / lanes)
     tail = sympy.expand(b.stop - full)
-    if (to.get(a.var) != 1 or src.get(b.var) != 1 or src.get(a.var, 1) == 1
-            or not tail.is_Integer):
+    if (to.get(a.var) != 1 or b.var not in to or src.get(b.var) != 1
+            or src.get(a.var, 1) == 1 or not tail.is_Integer):
         return None
 
     def tile(start, cols: int) -> TransposeTile:

@@ -116,7 +116,8 @@ def never_meet(a: sympy.Indexed, b: sympy.Indexed, variables) -> bool:
         steps = [*cx.values(), *cy.values()]
         if not all(c.is_Integer for c in (*steps, kx - ky)):
             continue
-        if kx != ky if not steps else (kx - ky) % functools.reduce(sympy.gcd, steps) != 0:
+        apart = kx != ky if not steps else (kx - ky) % functools.reduce(sympy.gcd, steps)
+        if apart:
             return True
     return False
 
