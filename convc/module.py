@@ -166,9 +166,8 @@ class Module:
         known = self._calls.get(key)
         if known is not None:
             sizes, seeds, results = known
-            for name, (lo, hi) in self._ranges.items():
-                if name in arrays and arrays[name].size:
-                    _check_range(name, arrays[name], lo, hi)
+            for name in self._ranges.keys() & arrays.keys():
+                self._check_values(name, arrays[name])
             return sizes, {**arrays, **seeds}, results
         given = self._with_default_seeds(arrays)
         sizes, args = self._check(given)
@@ -279,6 +278,11 @@ class Module:
             self._fitting.clear()
         self._fitting.add(key)
 
+    def _check_values(self, name: str, a: np.ndarray) -> None:
+        """The values an integer input must lie in (labels below the number of classes)."""
+        if name in self._ranges and a.size:
+            _check_range(name, a, *self._ranges[name])
+
     def _check(self, arrays: dict) -> tuple[dict, dict[str, np.ndarray]]:
         """Every argument's name, dtype and shape; the sizes (``N``, ``x_H``...) they give,
         the same in every argument that uses one."""
@@ -318,8 +322,7 @@ class Module:
                 elif want != got:
                     raise ArgumentError(f"{b.name!r}: expected shape {fmt(b.shape)}, "
                                         f"found {a.shape} (axis {axis})")
-            if b.name in self._ranges and a.size:
-                _check_range(b.name, a, *self._ranges[b.name])
+            self._check_values(b.name, a)
             args[b.name] = np.ascontiguousarray(a)
         for s in self._sizes:
             sizes.setdefault(s, 0)
