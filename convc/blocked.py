@@ -253,7 +253,7 @@ def _tile(part: Blocked, start: sympy.Expr, width: int) -> tuple[Stmt, ...]:
     last = sympy.Min(part.lanes, part.extent - part.lanes * part.vector_block)
     rows = last if part.extent % part.lanes else sympy.Integer(part.lanes)
     accumulators = Let(ACCUMULATORS, sympy.Integer(0), vector=True, count=width)
-    if part.rows is not None:  # a row of outputs per lane (WIDTH: at most 16, as it takes)
+    if part.rows is not None:  # a row of outputs per lane (the runtime takes up to 16)
         corner = {part.vector: part.lanes * part.vector_block, b: start}
         bias = () if part.init is None else (each((Update(acc, Reduction.SUM, VLoad(
             part.init.xreplace(corner), *(() if rows == part.lanes else (rows,)))),)),)

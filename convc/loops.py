@@ -3,8 +3,8 @@
 Frozen nodes: `Loop` over ``start <= var < stop``, `Let` (a local scalar), `Update` (fold a
 value into a local with a reduction), `Store` (write a tensor element), `RowsStore` (write
 vectors' lanes as rows), `TransposeTile` (copy a tile transposed) and `Gemm` (a call of the
-runtime's matrix product, see `contract`). A `Kernel` is the nest of one graph node, with the origin it carries into the
-C comment.
+runtime's matrix product, see `contract`). A `Kernel` is the nest of one graph node, with
+the origin it carries into the C comment.
 """
 
 from __future__ import annotations

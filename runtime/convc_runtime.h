@@ -91,15 +91,21 @@ typedef double convc_vf64_any __attribute__((vector_size(64), aligned(8), may_al
 #define convc_vload_f32(p) (*(const convc_vf32_any *)(p))
 #define convc_vload_f64(p) (*(const convc_vf64_any *)(p))
 /* convc_vload_part_*(p, n): the first n lanes (0 <= n < lanes) from p, every other zero (the
- * last, partial vector of a sum): with AVX-512 one masked load, which reads nothing past
- * them (GCC's builtin: <immintrin.h> would cost every file that includes this one a tenth
+ * last, partial vector of a sum); convc_vstore_part_*(p, v, n): the first n lanes of v to
+ * p, nothing past them. With AVX-512 one masked load or store, which touches nothing past
+ * them (GCC's builtins: <immintrin.h> would cost every file that includes this one a tenth
  * of a second to compile); elsewhere lane by lane. */
 #if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
 #define convc_vload_part_f32(p, n) __builtin_ia32_loadups512_mask(                          \
         (p), (convc_vf32){0}, (unsigned short)((1u << (n)) - 1u))
 #define convc_vload_part_f64(p, n) __builtin_ia32_loadupd512_mask(                          \
         (p), (convc_vf64){0}, (unsigned char)((1u << (n)) - 1u))
+#define convc_vstore_part_f32(p, v, n) __builtin_ia32_storeups512_mask((p), (v), (1u << (n)) - 1u)
+#define convc_vstore_part_f64(p, v, n) __builtin_ia32_storeupd512_mask((p), (v), (1u << (n)) - 1u)
 #else
+#define CONVC_VSTORE_PART(p, v, n) for (int lane_ = 0; lane_ < (n); ++lane_) (p)[lane_] = (v)[lane_]
+#define convc_vstore_part_f32 CONVC_VSTORE_PART
+#define convc_vstore_part_f64 CONVC_VSTORE_PART
 #define CONVC_VLOAD_PART(V, p, n) __extension__({                                         \
         V part_ = {0};                                                                     \
         for (int64_t lane_ = 0; lane_ < (n); ++lane_) part_[lane_] = (p)[lane_];           \
@@ -132,40 +138,36 @@ CONVC_VECTOR_SUM(double, convc_vf64, f64)
  * (the rows transposed in registers: a perfect shuffle, four or three times) rather than
  * element by element. */
 #if (defined(__clang__) || __GNUC__ >= 12) && !defined(CONVC_SCALAR)
-static inline void convc_transpose16_f32(convc_vf32 *v) {
-    for (int round = 0; round < 4; round++) {
-        convc_vf32 t[16];
-        for (int r = 0; r < 8; r++) {
-            t[2 * r] = __builtin_shufflevector(v[r], v[r + 8], 0, 16, 1, 17, 2, 18, 3, 19,
-                                               4, 20, 5, 21, 6, 22, 7, 23);
-            t[2 * r + 1] = __builtin_shufflevector(v[r], v[r + 8], 8, 24, 9, 25, 10, 26,
-                                                   11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-        }
-        for (int r = 0; r < 16; r++) v[r] = t[r];
+/* name(v): rows rows of v transposed in log2(rows) rounds, each interleaving row r with
+ * row r + rows/2 (lanes LO, then lanes HI, of the two): for floats, 16x16, or 8x8 within
+ * each half of 16 lanes; for doubles, 8x8. */
+#define CONVC_PERFECT_SHUFFLE(name, V, rows, rounds, LO, HI)                                \
+    static inline void name(V *v) {                                                        \
+        for (int round = 0; round < (rounds); round++) {                                   \
+            V t[rows];                                                                     \
+            for (int r = 0; r < (rows) / 2; r++) {                                         \
+                t[2 * r] = __builtin_shufflevector(v[r], v[r + (rows) / 2], LO);           \
+                t[2 * r + 1] = __builtin_shufflevector(v[r], v[r + (rows) / 2], HI);       \
+            }                                                                              \
+            for (int r = 0; r < (rows); r++) v[r] = t[r];                                  \
+        }                                                                                  \
     }
-}
-static inline void convc_transpose8_f32(convc_vf32 *v) {
-    for (int round = 0; round < 3; round++) {
-        convc_vf32 t[8];
-        for (int r = 0; r < 4; r++) {
-            t[2 * r] = __builtin_shufflevector(v[r], v[r + 4], 0, 16, 1, 17, 2, 18, 3, 19,
-                                               8, 24, 9, 25, 10, 26, 11, 27);
-            t[2 * r + 1] = __builtin_shufflevector(v[r], v[r + 4], 4, 20, 5, 21, 6, 22, 7, 23,
-                                                   12, 28, 13, 29, 14, 30, 15, 31);
-        }
-        for (int r = 0; r < 8; r++) v[r] = t[r];
-    }
-}
-static inline void convc_transpose8_f64(convc_vf64 *v) {
-    for (int round = 0; round < 3; round++) {
-        convc_vf64 t[8];
-        for (int r = 0; r < 4; r++) {
-            t[2 * r] = __builtin_shufflevector(v[r], v[r + 4], 0, 8, 1, 9, 2, 10, 3, 11);
-            t[2 * r + 1] = __builtin_shufflevector(v[r], v[r + 4], 4, 12, 5, 13, 6, 14, 7, 15);
-        }
-        for (int r = 0; r < 8; r++) v[r] = t[r];
-    }
-}
+#define CONVC_LO16 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
+#define CONVC_HI16 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31
+#define CONVC_LO8x2 0, 16, 1, 17, 2, 18, 3, 19, 8, 24, 9, 25, 10, 26, 11, 27
+#define CONVC_HI8x2 4, 20, 5, 21, 6, 22, 7, 23, 12, 28, 13, 29, 14, 30, 15, 31
+#define CONVC_LO8 0, 8, 1, 9, 2, 10, 3, 11
+#define CONVC_HI8 4, 12, 5, 13, 6, 14, 7, 15
+CONVC_PERFECT_SHUFFLE(convc_transpose16_f32, convc_vf32, 16, 4, CONVC_LO16, CONVC_HI16)
+CONVC_PERFECT_SHUFFLE(convc_transpose8_f32, convc_vf32, 8, 3, CONVC_LO8x2, CONVC_HI8x2)
+CONVC_PERFECT_SHUFFLE(convc_transpose8_f64, convc_vf64, 8, 3, CONVC_LO8, CONVC_HI8)
+#undef CONVC_PERFECT_SHUFFLE
+#undef CONVC_LO16
+#undef CONVC_HI16
+#undef CONVC_LO8x2
+#undef CONVC_HI8x2
+#undef CONVC_LO8
+#undef CONVC_HI8
 typedef float convc_vh32 __attribute__((vector_size(32)));
 typedef float convc_vh32_any __attribute__((vector_size(32), aligned(4), may_alias));
 /* After the transpose, row j of floats is the lower half of t[j] (j < 8), or the upper half
@@ -177,11 +179,10 @@ typedef float convc_vh32_any __attribute__((vector_size(32), aligned(4), may_ali
 #define CONVC_ROW_f64(t, row) (t[row])
 #if defined(__AVX512VL__) && defined(__GNUC__) && !defined(__clang__)
 #define CONVC_STORE_PART_f32(q, r, n) __builtin_ia32_storeups256_mask((q), (r), (1u << (n)) - 1u)
-#define CONVC_STORE_PART_f64(q, r, n) __builtin_ia32_storeupd512_mask((q), (r), (1u << (n)) - 1u)
 #else
 #define CONVC_STORE_PART_f32(q, r, n) for (int i = 0; i < (n); i++) (q)[i] = (r)[i]
-#define CONVC_STORE_PART_f64(q, r, n) for (int i = 0; i < (n); i++) (q)[i] = (r)[i]
 #endif
+#define CONVC_STORE_PART_f64 convc_vstore_part_f64
 #define CONVC_VSTORE_ROWS(T, V, R, SUFFIX)                                                  \
     static inline void convc_vstore_rows_##SUFFIX(T *p, int64_t stride, const V *v,         \
                                                   int width, int rows) {                    \
@@ -205,13 +206,6 @@ CONVC_VSTORE_ROWS(double, convc_vf64, convc_vf64_any, f64)
 #undef CONVC_VSTORE_ROWS
 #undef CONVC_ROW_f32
 #undef CONVC_ROW_f64
-#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
-#define CONVC_VSTORE_PART_f32(q, v, n) __builtin_ia32_storeups512_mask((q), (v), (1u << (n)) - 1u)
-#define CONVC_VSTORE_PART_f64(q, v, n) __builtin_ia32_storeupd512_mask((q), (v), (1u << (n)) - 1u)
-#else
-#define CONVC_VSTORE_PART_f32(q, v, n) for (int i = 0; i < (n); i++) (q)[i] = (v)[i]
-#define CONVC_VSTORE_PART_f64(q, v, n) for (int i = 0; i < (n); i++) (q)[i] = (v)[i]
-#endif
 #define CONVC_TRANSPOSE(T, V, A, SUFFIX, LANES, SQUARE)                                     \
     static inline void convc_transpose_##SUFFIX(T *dst, int64_t dst_stride, const T *src,   \
                                                 int64_t src_stride, int rows, int cols) {   \
@@ -226,15 +220,13 @@ CONVC_VSTORE_ROWS(double, convc_vf64, convc_vf64_any, f64)
             if (rows == LANES) {                                                           \
                 *(A *)(dst + c * dst_stride) = v[c];                                       \
             } else {                                                                       \
-                CONVC_VSTORE_PART_##SUFFIX(dst + c * dst_stride, v[c], rows);              \
+                convc_vstore_part_##SUFFIX(dst + c * dst_stride, v[c], rows);              \
             }                                                                              \
         }                                                                                  \
     }
 CONVC_TRANSPOSE(float, convc_vf32, convc_vf32_any, f32, 16, convc_transpose16_f32)
 CONVC_TRANSPOSE(double, convc_vf64, convc_vf64_any, f64, 8, convc_transpose8_f64)
 #undef CONVC_TRANSPOSE
-#undef CONVC_VSTORE_PART_f32
-#undef CONVC_VSTORE_PART_f64
 #undef CONVC_STORE_PART_f32
 #undef CONVC_STORE_PART_f64
 #else
