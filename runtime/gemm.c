@@ -311,6 +311,22 @@ static TARGET FN(kernel_fn) FN(pick_kernel)(int64_t m, int64_t n) {
     return m <= MR / 2 ? FN(kernel_half_rows) : FN(kernel);
 }
 
+/* dst[k * width + i] = src[i * stride + k] for i < width and k < kc: rows of contiguous
+ * elements laid out as a panel (of A's rows when they are A's contiguous axis, of B's
+ * columns when they are B's), in tiles transposed in registers by the runtime's
+ * `convc_transpose_*` where the variant's vectors are its 64 bytes (AVX-512), rather than
+ * element by element. */
+#define TRANSPOSED (VBYTES == 64 && VL > 1)
+static TARGET void FN(transposed)(T *dst, int width, const T *src, int64_t stride, int rows,
+                                  int64_t kc) {
+    const int lanes = 64 / (int)sizeof(T);
+    for (int i = 0; i < rows; i += lanes)
+        for (int64_t k = 0; k < kc; k += lanes)
+            CONVC_GEMM_CAT(convc_transpose, TNAME)(
+                dst + k * width + i, width, src + i * stride + k, stride,
+                convc_min(lanes, rows - i), (int)convc_min(lanes, kc - k));
+}
+
 /* Rows [0, mc) and columns [0, kc) of A into panels of MR rows, the last one zero-padded:
  * panel p (from row p) holds dst[p * kc + k * MR + i] = A(p + i, k). Whichever stride of A
  * is 1 is the one read in order. */
@@ -321,6 +337,9 @@ static TARGET void FN(pack_a)(int64_t mc, int64_t kc, const T *A, int64_t rsa, i
         for (int64_t k = 0; k < kc; k++)
             for (int64_t p = 0; p < full; p += MR)
                 memcpy(dst + p * kc + k * MR, A + k * csa + p, MR * sizeof(T));
+    } else if (csa == 1 && TRANSPOSED) {
+        for (int64_t p = 0; p < full; p += MR)
+            FN(transposed)(dst + p * kc, MR, A + p * rsa, rsa, MR, kc);
     } else {
         for (int64_t p = 0; p < full; p += MR)
             for (int64_t k = 0; k < kc; k++)
@@ -344,6 +363,9 @@ static TARGET void FN(pack_b)(int64_t kc, int64_t nc, const T *B, int64_t rsb, i
         for (int64_t k = 0; k < kc; k++)
             for (int64_t p = 0; p < full; p += NR)
                 memcpy(dst + p * kc + k * NR, B + k * rsb + p, NR * sizeof(T));
+    } else if (rsb == 1 && TRANSPOSED) {
+        for (int64_t p = 0; p < full; p += NR)
+            FN(transposed)(dst + p * kc, NR, B + p * csb, csb, NR, kc);
     } else if (rsb == 1) {
         for (int64_t p = 0; p < full; p += NR)
             for (int j = 0; j < NR; j++)
@@ -489,6 +511,7 @@ __attribute__((unused)) static TARGET int FN(gemm)(
 
 #undef FN
 #undef VL
+#undef TRANSPOSED
 #undef NR
 #undef KC
 #undef MC
