@@ -41,7 +41,8 @@ from .ops import estimate
 ALGORITHMS = ("auto", "gemm", "direct", "fft", "winograd", "col2im", "blocked", "separable")
 """How contractions run: chosen by cost, always as products where possible, never,
 through spectra where they are correlations or convolutions of unit stride (`spectral`),
-by Winograd's F(2, 3) where those have 3 taps per axis (`winograd`), as one product
+by Winograd's F(2, 3) or F(3, 2) where those have 3 taps or 3 outputs per axis
+(`winograd`), as one product
 over every tap and a sum of shifted columns (`col2im`), as direct sums with their
 outputs in vector registers (`blocked`), or, for a constant kernel of rank 1, as one 1-D
 pass per axis (`convc.rank`, a rewrite of the graph); where one does not apply, as

@@ -24,6 +24,7 @@ from .spectral import Spectra, Transform
 from .loops import format_nest
 from .ops import BATCH, estimate, fmt
 from .pipeline import Lowered, Step
+from .winograd import SCHEMES as WINOGRAD
 
 # The rough rates behind TIME's estimate, per thread, float32 (float64: half the flops):
 # the runtime's matrix product and FFTs, direct loops, and memory for packings and copies.
@@ -165,7 +166,8 @@ def _algorithm(parts, used) -> str:
     if "winograd" in used:
         products = [f"{count} x {text}" if count > 1 else text
                     for text, count in Counter(products).items()]
-        products.insert(0, "winograd F(2, 3)")
+        products.insert(0, next(s for s in WINOGRAD.values() for p in parts
+                                if isinstance(p, Comprehension) and p.equation.startswith(s)))
     for name in ("fft", "col2im"):
         if name in used:
             products.insert(0, name)

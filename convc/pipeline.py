@@ -131,12 +131,13 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
     ``"auto"`` chooses by cost among matrix products, FFTs, Winograd, blocked sums and
     direct loops, ``"gemm"`` packs every one it can into products, ``"direct"`` none,
     ``"fft"`` runs every unit-stride correlation through spectra (`convc.spectral`),
-    ``"winograd"`` every 3-tap one by F(2, 3) (`convc.winograd`), ``"col2im"`` every
-    correlation or convolution with channels to sum as one product over all its taps and a
-    sum of shifted columns (`convc.col2im`), ``"blocked"`` every one with a channel to put
-    in vectors as sums held in vector registers (`convc.blocked`), ``"separable"`` every convolution or weighted pool whose constant
-    kernel is of rank 1 as one 1-D pass per axis (`convc.rank`; under ``"auto"`` where
-    that pays), the others as ``"auto"``; a layer's own
+    ``"winograd"`` every 3-tap one by F(2, 3) and every kernel gradient with 3 taps by
+    F(3, 2) (`convc.winograd`), ``"col2im"`` every correlation or convolution with
+    channels to sum as one product over all its taps and a sum of shifted columns
+    (`convc.col2im`), ``"blocked"`` every one with a channel to put in vectors as sums held
+    in vector registers (`convc.blocked`), ``"separable"`` every convolution or weighted
+    pool whose constant kernel is of rank 1 as one 1-D pass per axis (`convc.rank`; under
+    ``"auto"`` where that pays), the others as ``"auto"``; a layer's own
     ``algorithm=`` overrides it for that node and its gradients.
 
     ``num_threads`` (default: the cores this process may use) shares the large loops and
@@ -349,9 +350,9 @@ def _shapes(graph: Graph, steps) -> dict[str, tuple]:
 
 def _schedule(step: Step, shapes: dict[str, tuple], algorithm: str, packed: dict,
               lanes: int) -> tuple[tuple[Part, ...], tuple[str, ...]]:
-    """How each comprehension of ``step`` runs: by Winograd's F(2, 3), through spectra,
-    as columns and shifted sums, blocked in registers of ``lanes`` lanes, packed into a
-    matrix product, or as loops (reading the packings and spectra of earlier steps where
+    """How each comprehension of ``step`` runs: by Winograd's F(2, 3) or F(3, 2), through
+    spectra, as columns and shifted sums, blocked in registers of ``lanes`` lanes, packed
+    into a matrix product, or as loops (reading the packings and spectra of earlier steps where
     they are the same); and which of these each one took."""
     if algorithm == "separable":  # the passes were made by `separate`; they run as "auto"
         algorithm = "auto"
