@@ -255,8 +255,9 @@ CONVC_TRANSPOSE(double, f64)
  * (i, j) of X[b] is X[b * sx + i * rsx + j * csx] (strides in elements: row- or column-major
  * or a view; a batch stride of 0 shares the operand across the batch, and for C means the
  * products add up into one matrix). A is M x K, B is K x N, C is M x N; C must not overlap
- * A or B. The batch is shared among at most `threads` threads (OpenMP). Returns CONVC_OK,
- * CONVC_ERR_NOMEM, or CONVC_ERR_SIZE for a negative size. */
+ * A or B. The batch is shared among at most `threads` threads (OpenMP), or the K of one
+ * deep product (gemm.c). Returns CONVC_OK, CONVC_ERR_NOMEM, or CONVC_ERR_SIZE for a negative
+ * size. */
 int convc_gemm_f32(int threads, int accumulate, int64_t batch, int64_t M, int64_t N, int64_t K,
                    const float *A, int64_t sa, int64_t rsa, int64_t csa,
                    const float *B, int64_t sb, int64_t rsb, int64_t csb,

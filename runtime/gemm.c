@@ -172,22 +172,27 @@ static int gemm_serial_f64(int accumulate, int64_t batch, int64_t M, int64_t N, 
                               sc, rsc, csc));
 }
 
-/* The batch split over `threads` OpenMP threads, each taking a contiguous share. When C is
- * shared by the batch (sc == 0: the products add up, as the kernel gradient sums over
- * images), every thread but the first adds into a zeroed copy of its own, and the copies
+/* The batch split over `threads` OpenMP threads, each taking a contiguous share; or, for one
+ * deep product (a batch of 1 whose K is at least CONVC_GEMM_DEEP times M and N, and two
+ * blocks per thread: a kernel gradient's sum over images and points), its K. When C is shared
+ * by the batch (sc == 0: the products add up, as the kernel gradient sums over images) or K
+ * is split, every thread but the first adds into a zeroed copy of its own, and the copies
  * are added to C in thread order at the end: no atomics, and for a given thread count the
  * same sums in the same order on every run. */
+#define CONVC_GEMM_DEEP 4
 #define CONVC_GEMM_THREADED(T, TNAME)                                                        \
     int convc_gemm_##TNAME(int threads, int accumulate, int64_t batch, int64_t M, int64_t N, \
                            int64_t K, const T *A, int64_t sa, int64_t rsa, int64_t csa,     \
                            const T *B, int64_t sb, int64_t rsb, int64_t csb, T *C,          \
                            int64_t sc, int64_t rsc, int64_t csc) {                           \
-        int64_t teams = convc_min(threads, batch);                                           \
+        const int deep = batch == 1 && K >= CONVC_GEMM_DEEP * M &&                           \
+                         K >= CONVC_GEMM_DEEP * N && K >= 2 * threads * CONVC_GEMM_KC;        \
+        const int64_t shares = deep ? K : batch, teams = convc_min(threads, shares);         \
         if (!CONVC_GEMM_OPENMP || teams <= 1 || M <= 0 || N <= 0 || K <= 0)                  \
             return gemm_serial_##TNAME(accumulate, batch, M, N, K, A, sa, rsa, csa, B, sb,  \
                                        rsb, csb, C, sc, rsc, csc);                           \
         T *partial = NULL;                                                                   \
-        if (sc == 0) {                                                                       \
+        if (sc == 0 || deep) {                                                               \
             partial = convc_alloc(sizeof(T) * (size_t)((teams - 1) * M * N));                \
             if (!partial) return CONVC_ERR_NOMEM;                                            \
             memset(partial, 0, sizeof(T) * (size_t)((teams - 1) * M * N));                   \
@@ -195,12 +200,16 @@ static int gemm_serial_f64(int accumulate, int64_t batch, int64_t M, int64_t N, 
         int status = CONVC_OK;                                                               \
         CONVC_GEMM_PARALLEL_FOR(teams)                                                       \
         for (int64_t t = 0; t < teams; t++) {                                                \
-            int64_t first = batch * t / teams, last = batch * (t + 1) / teams;               \
-            T *Ct = partial && t > 0 ? partial + (t - 1) * M * N : C + first * sc;           \
+            int64_t first = shares * t / teams, last = shares * (t + 1) / teams;             \
+            T *Ct = partial && t > 0 ? partial + (t - 1) * M * N : C + (deep ? 0 : first * sc); \
             int64_t r = partial && t > 0 ? N : rsc, c = partial && t > 0 ? 1 : csc;          \
-            int code = gemm_serial_##TNAME(accumulate || Ct != C + first * sc, last - first, \
-                                           M, N, K, A + first * sa, sa, rsa, csa,            \
-                                           B + first * sb, sb, rsb, csb, Ct, sc, r, c);      \
+            int code = deep                                                                  \
+                ? gemm_serial_##TNAME(accumulate || t > 0, 1, M, N, last - first,            \
+                                      A + first * csa, sa, rsa, csa, B + first * rsb, sb,    \
+                                      rsb, csb, Ct, sc, r, c)                                \
+                : gemm_serial_##TNAME(accumulate || Ct != C + first * sc, last - first, M,   \
+                                      N, K, A + first * sa, sa, rsa, csa, B + first * sb,    \
+                                      sb, rsb, csb, Ct, sc, r, c);                           \
             if (code != CONVC_OK) status = code; /* any failure will do */                   \
         }                                                                                    \
         for (int64_t t = 1; partial && t < teams; t++)                                       \

@@ -335,3 +335,27 @@ def test_threads_share_the_batch(lib, threads, shared_c, accumulate):
         C[...] = C if accumulate else np.nan
         assert call(lib, A, B, C, threads, accumulate) == OK
         np.testing.assert_allclose(C, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("accumulate", [True, False])
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_threads_share_the_sum_of_one_deep_product(lib, threads, accumulate, dtype):
+    """A batch of one whose K is deep (a kernel gradient's sum over images and points) is
+    cut along K among the threads, each adding into a copy of C of its own, added in thread
+    order: the product within rounding, the same on every run at one thread count. Both
+    operands are read with K contiguous, as a kernel gradient's transforms lie."""
+    rng = np.random.default_rng(threads)
+    K = 2 * 8 * 256 + 37  # two blocks of K per thread for up to 8 threads, and a remainder
+    A = random(rng, (1, 9, K), dtype)
+    B = random(rng, (1, 40, K), dtype).transpose(0, 2, 1)
+    start = random(rng, (1, 9, 40), dtype)
+    expected = A.astype(np.float64) @ B.astype(np.float64) + (start if accumulate else 0)
+    results = []
+    for _ in range(2):
+        C = start.copy() if accumulate else np.full_like(start, np.nan)
+        assert call(lib, A, B, C, threads, accumulate) == OK
+        results.append(C)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(results[0], expected, rtol=tolerance, atol=tolerance * 10)
+    np.testing.assert_array_equal(results[0], results[1])
