@@ -88,7 +88,8 @@ class Blocked:
     replaced by its vector index ``vector_block``; ``kernel`` is the blocked kernel's
     access at lane 0; ``extent`` the values of ``vector``; ``outside`` the reduced
     variables looped outside the blocks; ``rows`` the output's stride along ``vector``
-    where each lane's outputs are a row (`_rows`), else None."""
+    where each lane's outputs are a row (`_rows`), else None, and ``step`` the row's
+    stride along ``block``."""
 
     tensor: str
     output: sympy.Indexed
@@ -105,6 +106,7 @@ class Blocked:
     width: int
     outside: tuple[Dim, ...] = ()
     rows: sympy.Expr | None = None
+    step: int = 1
 
     def describe(self) -> str:
         return (f"register-blocked {self.tensor}: {self.lanes} x {self.vector} by "
@@ -170,23 +172,23 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], packed: dict, lanes: int
     outside = _outside(reduced, math.prod(estimate(d.stop) for d in (*loops, block)))
     split = None if outside else _split(reduced, loops, comp)
     if split is None:
+        rows, step = (None if outside else _rows(comp.output, comp.init, vector.var,
+                                                 block.var, shapes)) or (None, 1)
         return (*parts, Blocked(comp.tensor, comp.output, comp.init, signal, blocked_kernel,
                                 loops, vector.var, vb, int(vector.stop), block,
                                 tuple(reduced[len(outside):]), lanes,
-                                _width(int(block.stop)), tuple(outside),
-                                None if outside else _rows(comp.output, comp.init, vector.var,
-                                                           block.var, shapes)))
+                                _width(int(block.stop)), tuple(outside), rows, step))
     partial = fresh_name(f"{comp.tensor}~partial", shapes)
     shapes[partial] = (split.stop, *(d.stop for d in comp.free))
     at = sympy.IndexedBase(partial)[(split.var, *(d.var for d in comp.free))]
     total = Comprehension(output=comp.output, free=comp.free, reduced=(split,),
                           reduction=Reduction.SUM, body=at, init=comp.init,
                           equation=f"{comp.tensor}: its partial sums over {split.var}, in order")
+    rows, step = _rows(at, None, vector.var, block.var, shapes) or (None, 1)
     return (*parts, Blocked(partial, at, None, signal, blocked_kernel, (split, *loops),
                             vector.var, vb, int(vector.stop), block,
                             tuple(d for d in reduced if d is not split), lanes,
-                            _width(int(block.stop)),
-                            rows=_rows(at, None, vector.var, block.var, shapes)), total)
+                            _width(int(block.stop)), (), rows, step), total)
 
 
 def price(comp: Comprehension, shapes: dict[str, tuple], lanes: int) -> float:
@@ -255,10 +257,12 @@ def _tile(part: Blocked, start: sympy.Expr, width: int) -> tuple[Stmt, ...]:
     accumulators = Let(ACCUMULATORS, sympy.Integer(0), vector=True, count=width)
     if part.rows is not None:  # a row of outputs per lane (the runtime takes up to 16)
         corner = {part.vector: part.lanes * part.vector_block, b: start}
-        bias = () if part.init is None else (each((Update(acc, Reduction.SUM, VLoad(
+        add = part.init == part.output
+        bias = () if part.init is None or add else (each((Update(acc, Reduction.SUM, VLoad(
             part.init.xreplace(corner), *(() if rows == part.lanes else (rows,)))),)),)
         return (accumulators, *step, *bias,
-                RowsStore(part.output.xreplace(corner), part.rows, ACCUMULATORS, width, rows))
+                RowsStore(part.output.xreplace(corner), part.rows, ACCUMULATORS, width, rows,
+                          part.step, add))
     point = {part.vector: part.lanes * part.vector_block + LANE, b: start + i}
     init = sympy.Integer(0) if part.init is None else part.init.xreplace(point)
     target = part.output.xreplace(point)
@@ -269,13 +273,19 @@ def _tile(part: Blocked, start: sympy.Expr, width: int) -> tuple[Stmt, ...]:
             Loop(LANE, 0, rows, (each((Store(target, init + At(acc, LANE)),)),)))
 
 
-def _rows(output, init, vector, block, shapes) -> sympy.Expr | None:
-    """The stride of ``output`` along ``vector`` where ``block`` walks it with unit stride
-    and the initial value, if any, is one read of unit stride along ``vector`` that
-    ``block`` does not move (a bias): then the accumulators are stored, and the initial
-    value added, a row of outputs per lane. Else None."""
+def _rows(output, init, vector, block, shapes) -> tuple[sympy.Expr, int] | None:
+    """The strides of ``output`` along ``vector`` and ``block`` where ``block`` walks it in
+    steps of 1, and the initial value, if any, is one read of unit stride along ``vector``
+    that ``block`` does not move (a bias), or in steps of 1 or 2 where the initial value is
+    the output itself (a phase of a strided layer's input gradient, added to what the
+    others wrote): then the accumulators are stored, or added, a row of outputs per lane.
+    Else None."""
     coeffs, _ = strides(output, shapes[str(output.base.label)], [vector, block])
-    if coeffs.get(block) != 1 or vector not in coeffs:
+    if vector not in coeffs or coeffs.get(block) not in (1, 2):
+        return None
+    if init == output:
+        return coeffs[vector], coeffs[block]
+    if coeffs[block] != 1:
         return None
     if init is not None:
         if not isinstance(init, sympy.Indexed):
@@ -283,7 +293,7 @@ def _rows(output, init, vector, block, shapes) -> sympy.Expr | None:
         read, _ = strides(init, shapes[str(init.base.label)], [vector, block])
         if read.get(vector) != 1 or read.get(block, 0) != 0:
             return None
-    return coeffs[vector]
+    return coeffs[vector], 1
 
 
 def _width(extent: int) -> int:

@@ -83,15 +83,18 @@ class Store:
 
 @dataclass(frozen=True)
 class RowsStore:
-    """Lane ``l`` of the vectors ``source[i]`` (``i < width``) to the element ``l·stride + i``
-    past ``target``, for the lanes ``l < rows``: outputs held one per vector along an axis
-    of unit stride, stored a row of them at a time (the runtime's transposing store)."""
+    """Lane ``l`` of the vectors ``source[i]`` (``i < width``) to the element ``l·stride +
+    i·step`` past ``target`` (``add``: added to it), for the lanes ``l < rows``: outputs held
+    one per vector along an axis of stride 1 (or, added, 2), stored a row of them at a time
+    (the runtime's transposing stores)."""
 
     target: sympy.Indexed
     stride: sympy.Expr
     source: sympy.Symbol
     width: int
     rows: sympy.Expr
+    step: int = 1
+    add: bool = False
 
 
 @dataclass(frozen=True)
@@ -216,8 +219,9 @@ def format_nest(stmts, indent: str = "") -> str:
             lines.append(f"{indent}{s.c.tensor} = {s.a.tensor} * {s.b.tensor}   "
                          f"({s.describe()})")
         elif isinstance(s, RowsStore):
-            lines.append(f"{indent}{s.target} on = {s.source} transposed   "
-                         f"({s.rows} rows of {s.width}, {s.stride} apart)")
+            every = f" every {s.step}" if s.step != 1 else ""
+            lines.append(f"{indent}{s.target} on {'+' if s.add else ''}= {s.source} "
+                         f"transposed   ({s.rows} rows of {s.width}{every}, {s.stride} apart)")
         elif isinstance(s, TransposeTile):
             lines.append(f"{indent}{s.target} on = {s.source} on, transposed   "
                          f"({s.cols} rows of {s.rows}, {s.target_stride} apart, from "

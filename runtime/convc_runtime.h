@@ -131,6 +131,12 @@ CONVC_VECTOR_SUM(double, convc_vf64, f64)
  * are transposed in three rounds of interleaving (a perfect shuffle, thrice, transposes eight
  * rows; floats in each half of their lanes apart): 24 shuffles and 16 row stores where the
  * lane by lane store takes 128 extracts. Each call's sizes are constants: the loops unroll. */
+/* convc_vadd_rows_*(p, stride, step, v, width, rows): adds lane l of v[i] to
+ * p[l * stride + i * step] (step 1 or 2) for the first `rows` lanes: outputs accumulated
+ * into their tensor a row at a time, transposed as convc_vstore_rows_* transposes them. At
+ * step 2 (every other element: a phase of a strided layer's input gradient) a row of
+ * floats is one load, add and store of the even lanes of 16 with AVX-512 (masked: the odd
+ * elements, another phase's, are neither read nor written), else element by element. */
 /* convc_transpose_*(dst, dst_stride, src, src_stride, rows, cols): dst[c * dst_stride + r] =
  * src[r * src_stride + c] for r < rows and c < cols, both at most the vector's lanes (16
  * floats, 8 doubles): a tile of a layout change that moves a strided axis innermost (the
@@ -204,6 +210,47 @@ typedef float convc_vh32_any __attribute__((vector_size(32), aligned(4), may_ali
 CONVC_VSTORE_ROWS(float, convc_vf32, convc_vh32_any, f32)
 CONVC_VSTORE_ROWS(double, convc_vf64, convc_vf64_any, f64)
 #undef CONVC_VSTORE_ROWS
+#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+#define CONVC_SPREAD(v, h) __builtin_shufflevector(v, v, h, h, h + 1, h + 1, h + 2, h + 2, h + 3, \
+                                                   h + 3, h + 4, h + 4, h + 5, h + 5, h + 6,   \
+                                                   h + 6, h + 7, h + 7)
+static inline int convc_add_row2_f32(float *q, const convc_vf32 *t, int row, int n) {
+    const convc_vf32 spread = row < 8 ? CONVC_SPREAD(t[row], 0) : CONVC_SPREAD(t[row - 8], 8);
+    const unsigned short even = (unsigned short)(0x5555u & ((1u << (2 * n - 1)) - 1u));
+    const convc_vf32 old = __builtin_ia32_loadups512_mask(q, (convc_vf32){0}, even);
+    __builtin_ia32_storeups512_mask(q, old + spread, even);
+    return 1;
+}
+#undef CONVC_SPREAD
+#else
+#define convc_add_row2_f32(q, t, row, n) 0
+#endif
+#define convc_add_row2_f64(q, t, row, n) 0
+#define CONVC_VADD_ROWS(T, V, R, SUFFIX)                                                    \
+    static inline void convc_vadd_rows_##SUFFIX(T *p, int64_t stride, int step, const V *v, \
+                                                int width, int rows) {                      \
+        for (int g = 0; g < width; g += 8) {                                               \
+            int n = width - g < 8 ? width - g : 8;                                         \
+            V t[8];                                                                        \
+            for (int i = 0; i < 8; i++) t[i] = i < n ? v[g + i] : (V){0};                   \
+            convc_transpose8_##SUFFIX(t);                                                  \
+            for (int row = 0; row < rows; row++) {                                         \
+                T *q = p + row * stride + g * step;                                        \
+                if (step == 2 && convc_add_row2_##SUFFIX(q, t, row, n)) continue;          \
+                const R r = CONVC_ROW_##SUFFIX(t, row);                                    \
+                if (step == 1 && n == 8) {                                                 \
+                    *(R *)q += r;                                                          \
+                } else {                                                                   \
+                    for (int i = 0; i < n; i++) q[i * step] += r[i];                       \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+    }
+CONVC_VADD_ROWS(float, convc_vf32, convc_vh32_any, f32)
+CONVC_VADD_ROWS(double, convc_vf64, convc_vf64_any, f64)
+#undef CONVC_VADD_ROWS
+#undef convc_add_row2_f32
+#undef convc_add_row2_f64
 #undef CONVC_ROW_f32
 #undef CONVC_ROW_f64
 #define CONVC_TRANSPOSE(T, V, A, SUFFIX, LANES, SQUARE)                                     \
@@ -239,6 +286,15 @@ CONVC_TRANSPOSE(double, convc_vf64, convc_vf64_any, f64, 8, convc_transpose8_f64
 CONVC_VSTORE_ROWS(float, convc_vf32, f32)
 CONVC_VSTORE_ROWS(double, convc_vf64, f64)
 #undef CONVC_VSTORE_ROWS
+#define CONVC_VADD_ROWS(T, V, SUFFIX)                                                       \
+    static inline void convc_vadd_rows_##SUFFIX(T *p, int64_t stride, int step, const V *v, \
+                                                int width, int rows) {                      \
+        for (int row = 0; row < rows; row++)                                               \
+            for (int i = 0; i < width; i++) p[row * stride + i * step] += v[i][row];       \
+    }
+CONVC_VADD_ROWS(float, convc_vf32, f32)
+CONVC_VADD_ROWS(double, convc_vf64, f64)
+#undef CONVC_VADD_ROWS
 #define CONVC_TRANSPOSE(T, SUFFIX)                                                          \
     static inline void convc_transpose_##SUFFIX(T *dst, int64_t dst_stride, const T *src,   \
                                                 int64_t src_stride, int rows, int cols) {   \

@@ -99,6 +99,29 @@ def test_rows_are_stored_on_every_target(target, dtype, monkeypatch):
                              1e-10 if dtype == "float64" else 2e-5)
 
 
+STRIDED_H = dict(cin=20, size=(9, 30), channels=6, kernel=(3, 3), stride=2, padding=1)
+
+
+@pytest.mark.parametrize("target", ["native", "portable", "scalar"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_strided_layers_input_gradient_adds_rows_every_other_element(target, dtype,
+                                                                       monkeypatch):
+    """h of a stride-2 layer is four phases, each writing every other element of a row of
+    the input gradient and adding to what the others wrote: each lane's row is added at
+    once, at step 2 (`RowsStore(add=True, step=2)`: the runtime's masked even lanes, or
+    element by element), on every target. 20 input channels (a vector and 4 lanes of
+    one); rows of 15 outputs per phase (eight transposed at a time, and seven)."""
+    monkeypatch.setenv("CONVC_TARGET", target)
+    lowered = convc.lower(conv_graph(**STRIDED_H), dtype, grad=WRT, algorithm="blocked")
+    phases = _blocked(lowered, "dinput")
+    assert len(phases) == 4 and all(p.step == 2 and p.init == p.output for p in phases)
+    stores = [s for p in phases for s in walk(blocked.lower(p)) if isinstance(s, RowsStore)]
+    assert stores and all(s.add and s.step == 2 for s in stores)
+    net = convc.compile(conv_graph(**STRIDED_H), dtype, grad=WRT, algorithm="blocked")
+    assert f"convc_vadd_rows_{dtype[0]}{dtype[-2:]}(&" in net.source
+    check_against_references(net, STRIDED_H, 12, dtype, 1e-10 if dtype == "float64" else 2e-5)
+
+
 @pytest.mark.parametrize("target", ["native", "portable", "scalar"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_output_gradient_is_laid_out_by_transposed_tiles(target, dtype, monkeypatch):
