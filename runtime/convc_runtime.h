@@ -189,27 +189,6 @@ typedef float convc_vh32_any __attribute__((vector_size(32), aligned(4), may_ali
 #define CONVC_STORE_PART_f32(q, r, n) for (int i = 0; i < (n); i++) (q)[i] = (r)[i]
 #endif
 #define CONVC_STORE_PART_f64 convc_vstore_part_f64
-#define CONVC_VSTORE_ROWS(T, V, R, SUFFIX)                                                  \
-    static inline void convc_vstore_rows_##SUFFIX(T *p, int64_t stride, const V *v,         \
-                                                  int width, int rows) {                    \
-        for (int g = 0; g < width; g += 8) {                                               \
-            int n = width - g < 8 ? width - g : 8;                                         \
-            V t[8];                                                                        \
-            for (int i = 0; i < 8; i++) t[i] = i < n ? v[g + i] : (V){0};                   \
-            convc_transpose8_##SUFFIX(t);                                                  \
-            for (int row = 0; row < rows; row++) {                                         \
-                T *q = p + row * stride + g;                                               \
-                if (n == 8) {                                                              \
-                    *(R *)q = CONVC_ROW_##SUFFIX(t, row);                                  \
-                } else {                                                                   \
-                    CONVC_STORE_PART_##SUFFIX(q, CONVC_ROW_##SUFFIX(t, row), n);           \
-                }                                                                          \
-            }                                                                              \
-        }                                                                                  \
-    }
-CONVC_VSTORE_ROWS(float, convc_vf32, convc_vh32_any, f32)
-CONVC_VSTORE_ROWS(double, convc_vf64, convc_vf64_any, f64)
-#undef CONVC_VSTORE_ROWS
 #if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
 #define CONVC_SPREAD(v, h) __builtin_shufflevector(v, v, h, h, h + 1, h + 1, h + 2, h + 2, h + 3, \
                                                    h + 3, h + 4, h + 4, h + 5, h + 5, h + 6,   \
@@ -226,9 +205,11 @@ static inline int convc_add_row2_f32(float *q, const convc_vf32 *t, int row, int
 #define convc_add_row2_f32(q, t, row, n) 0
 #endif
 #define convc_add_row2_f64(q, t, row, n) 0
-#define CONVC_VADD_ROWS(T, V, R, SUFFIX)                                                    \
-    static inline void convc_vadd_rows_##SUFFIX(T *p, int64_t stride, int step, const V *v, \
-                                                int width, int rows) {                      \
+/* convc_rows_*(p, stride, step, v, width, rows, add): the two above, stored (step 1) or
+ * added. */
+#define CONVC_ROWS(T, V, R, SUFFIX)                                                         \
+    static inline void convc_rows_##SUFFIX(T *p, int64_t stride, int step, const V *v,      \
+                                           int width, int rows, int add) {                  \
         for (int g = 0; g < width; g += 8) {                                               \
             int n = width - g < 8 ? width - g : 8;                                         \
             V t[8];                                                                        \
@@ -236,19 +217,23 @@ static inline int convc_add_row2_f32(float *q, const convc_vf32 *t, int row, int
             convc_transpose8_##SUFFIX(t);                                                  \
             for (int row = 0; row < rows; row++) {                                         \
                 T *q = p + row * stride + g * step;                                        \
-                if (step == 2 && convc_add_row2_##SUFFIX(q, t, row, n)) continue;          \
+                if (add && step == 2 && convc_add_row2_##SUFFIX(q, t, row, n)) continue;   \
                 const R r = CONVC_ROW_##SUFFIX(t, row);                                    \
-                if (step == 1 && n == 8) {                                                 \
+                if (step == 1 && n == 8 && add) {                                          \
                     *(R *)q += r;                                                          \
+                } else if (step == 1 && n == 8) {                                          \
+                    *(R *)q = r;                                                           \
+                } else if (!add) {                                                         \
+                    CONVC_STORE_PART_##SUFFIX(q, r, n);                                    \
                 } else {                                                                   \
                     for (int i = 0; i < n; i++) q[i * step] += r[i];                       \
                 }                                                                          \
             }                                                                              \
         }                                                                                  \
     }
-CONVC_VADD_ROWS(float, convc_vf32, convc_vh32_any, f32)
-CONVC_VADD_ROWS(double, convc_vf64, convc_vf64_any, f64)
-#undef CONVC_VADD_ROWS
+CONVC_ROWS(float, convc_vf32, convc_vh32_any, f32)
+CONVC_ROWS(double, convc_vf64, convc_vf64_any, f64)
+#undef CONVC_ROWS
 #undef convc_add_row2_f32
 #undef convc_add_row2_f64
 #undef CONVC_ROW_f32
@@ -277,24 +262,18 @@ CONVC_TRANSPOSE(double, convc_vf64, convc_vf64_any, f64, 8, convc_transpose8_f64
 #undef CONVC_STORE_PART_f32
 #undef CONVC_STORE_PART_f64
 #else
-#define CONVC_VSTORE_ROWS(T, V, SUFFIX)                                                     \
-    static inline void convc_vstore_rows_##SUFFIX(T *p, int64_t stride, const V *v,         \
-                                                  int width, int rows) {                    \
+#define CONVC_ROWS(T, V, SUFFIX)                                                            \
+    static inline void convc_rows_##SUFFIX(T *p, int64_t stride, int step, const V *v,      \
+                                           int width, int rows, int add) {                  \
         for (int row = 0; row < rows; row++)                                               \
-            for (int i = 0; i < width; i++) p[row * stride + i] = v[i][row];               \
+            for (int i = 0; i < width; i++) {                                              \
+                T *q = p + row * stride + i * step;                                        \
+                *q = add ? *q + v[i][row] : v[i][row];                                     \
+            }                                                                              \
     }
-CONVC_VSTORE_ROWS(float, convc_vf32, f32)
-CONVC_VSTORE_ROWS(double, convc_vf64, f64)
-#undef CONVC_VSTORE_ROWS
-#define CONVC_VADD_ROWS(T, V, SUFFIX)                                                       \
-    static inline void convc_vadd_rows_##SUFFIX(T *p, int64_t stride, int step, const V *v, \
-                                                int width, int rows) {                      \
-        for (int row = 0; row < rows; row++)                                               \
-            for (int i = 0; i < width; i++) p[row * stride + i * step] += v[i][row];       \
-    }
-CONVC_VADD_ROWS(float, convc_vf32, f32)
-CONVC_VADD_ROWS(double, convc_vf64, f64)
-#undef CONVC_VADD_ROWS
+CONVC_ROWS(float, convc_vf32, f32)
+CONVC_ROWS(double, convc_vf64, f64)
+#undef CONVC_ROWS
 #define CONVC_TRANSPOSE(T, SUFFIX)                                                          \
     static inline void convc_transpose_##SUFFIX(T *dst, int64_t dst_stride, const T *src,   \
                                                 int64_t src_stride, int rows, int cols) {   \
@@ -305,6 +284,14 @@ CONVC_TRANSPOSE(float, f32)
 CONVC_TRANSPOSE(double, f64)
 #undef CONVC_TRANSPOSE
 #endif
+#define convc_vstore_rows_f32(p, stride, v, width, rows) \
+    convc_rows_f32(p, stride, 1, v, width, rows, 0)
+#define convc_vstore_rows_f64(p, stride, v, width, rows) \
+    convc_rows_f64(p, stride, 1, v, width, rows, 0)
+#define convc_vadd_rows_f32(p, stride, step, v, width, rows) \
+    convc_rows_f32(p, stride, step, v, width, rows, 1)
+#define convc_vadd_rows_f64(p, stride, step, v, width, rows) \
+    convc_rows_f64(p, stride, step, v, width, rows, 1)
 
 /* Batched matrix product (gemm.c): C[b] += A[b] B[b] for every b < batch (with `accumulate`
  * 0: C[b] = A[b] B[b], C need not be initialised), where element
