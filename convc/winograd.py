@@ -64,18 +64,17 @@ def plan(comp: Comprehension, shapes: dict[str, tuple], packed: dict) -> tuple |
     rank = len(spans)
     tiles = [-(-(v if taps else u) // TILE) for u, v in spans]
     ts = [sympy.Symbol(f"t{a}", integer=True, nonnegative=True) for a in range(rank)]
-    channel_free = [d for d in comp.free if d.var not in {axis[3] for axis in found.axes}]
-    scheme = SCHEMES[taps]
     steps, products = [], []
     for alpha in itertools.product(range(4), repeat=rank):
         tag = "".join(map(str, alpha))
         u = _transformed_input(comp, found, alpha, ts, tiles, shapes, fresh_name(
-            f"{comp.tensor}~wino_in{tag}", shapes), scheme)
+            f"{comp.tensor}~wino_in{tag}", shapes), taps)
         w = _transformed_kernel(comp, found, alpha, ts, tiles, shapes,
                                 fresh_name(f"{comp.tensor}~wino_k{tag}", shapes), taps)
         m = _product(comp, found, u, w, list(zip(ts, tiles)), taps, shapes, tag)
         steps.append((u, w, *(product(m, shapes, True, packed) or (m,))))
         products.append((alpha, m.tensor))
+    channel_free, _ = _channel_dims(comp, found)
     outputs = _output_points(comp, found, products, channel_free) if taps else \
         _output_transforms(comp, found, products, ts, spans, channel_free)
     if taps:  # a kernel gradient's transforms side by side: 15.1 ms on L3, interleaved 17.9
@@ -89,8 +88,7 @@ def _product(comp, found, u, w, tiled, taps, shapes, tag) -> Comprehension:
     U_α·W_α`` (F(3, 2))."""
     name = fresh_name(f"{comp.tensor}~wino_m{tag}", shapes)
     ts = [t for t, _ in tiled]
-    channel_free = [d for d in comp.free if d.var not in {axis[3] for axis in found.axes}]
-    channel_reduced = [d for d in comp.reduced if d.var not in {axis[4] for axis in found.axes}]
+    channel_free, channel_reduced = _channel_dims(comp, found)
     shapes[name] = (*[n for p, n in enumerate(shapes[comp.tensor])
                       if p not in [axis[2] for axis in found.axes]],
                     *([] if taps else [n for _, n in tiled]))
@@ -105,11 +103,17 @@ def _product(comp, found, u, w, tiled, taps, shapes, tag) -> Comprehension:
         equation=f"{SCHEMES[taps]} product {tag} of {comp.tensor}")
 
 
+def _channel_dims(comp: Comprehension, found) -> tuple[list, list]:
+    """The free and the reduced variables of ``comp`` that are not spatial."""
+    return ([d for d in comp.free if d.var not in {axis[3] for axis in found.axes}],
+            [d for d in comp.reduced if d.var not in {axis[4] for axis in found.axes}])
+
+
 def _taps_tiled(found, spans, shapes) -> bool | None:
-    """Whether ``comp`` runs as F(3, 2) on tiles of its taps (3 outputs per axis), as F(2, 3)
-    on tiles of its outputs (3 taps per axis), or not at all (None). F(3, 2) takes
-    correlations whose kernel ends where its taps do (the zero past the last tap is then
-    the tensor's fill)."""
+    """Whether the correlation ``found`` runs as F(3, 2) on tiles of its taps (3 outputs
+    per axis), as F(2, 3) on tiles of its outputs (3 taps per axis), or not at all (None).
+    F(3, 2) takes correlations whose kernel ends where its taps do (the zero past the last
+    tap is then the tensor's fill)."""
     if all(v == TAPS for _, v in spans):
         return False
     kernel = shapes[str(found.k.base.label)]
@@ -119,7 +123,7 @@ def _taps_tiled(found, spans, shapes) -> bool | None:
     return None
 
 
-def _transformed_input(comp, found, alpha, ts, tiles, shapes, name, scheme) -> Comprehension:
+def _transformed_input(comp, found, alpha, ts, tiles, shapes, name, taps) -> Comprehension:
     """``U_α[channels, t] = Σ_x Π_a BT[α_a, x_a]·S[.., 2·t_a + x_a + c_a]`` (zero outside)."""
     terms = []
     for x in itertools.product(range(4), repeat=len(ts)):
@@ -133,8 +137,8 @@ def _transformed_input(comp, found, alpha, ts, tiles, shapes, name, scheme) -> C
         terms.append(coefficient * found.s.base[tuple(index)])
     tensor = str(found.s.base.label)
     return _transform(comp, found, 0, sympy.Add(*terms), list(zip(ts, tiles)), name, shapes,
-                      ((tensor, sympy.Integer(0)),), f"{scheme} input transform of {tensor}",
-                      scheme == SCHEMES[True])
+                      ((tensor, sympy.Integer(0)),), f"{SCHEMES[taps]} input transform of {tensor}",
+                      taps)
 
 
 def _transformed_kernel(comp, found, alpha, ts, tiles, shapes, name, taps) -> Comprehension:
@@ -155,9 +159,11 @@ def _transformed_kernel(comp, found, alpha, ts, tiles, shapes, name, taps) -> Co
     return _transform(comp, found, 1, sympy.Add(*terms), list(zip(ts, tiles)) if taps else [],
                       name, shapes, fill, f"{SCHEMES[taps]} kernel transform of {tensor}", taps)
 
+
 def _transform(comp, found, role, body, spatial, name, shapes, fill, equation, taps):
     """A transformed operand, indexed on its channel axes as the operand's access is (a
-    group's ``g·C' + c`` included), then by the tiles: over the channel variables it uses."""
+    group's ``g·C' + c`` included; in the order of `_channels`), then by the tiles: over
+    the channel variables it uses."""
     channel = _channels(comp, found, role, taps)
     used = [d for d in comp.variables if any(i.has(d.var) for i in channel)]
     extents = {d.var: d.stop for d in used}

@@ -326,8 +326,8 @@ static TARGET FN(kernel_fn) FN(pick_kernel)(int64_t m, int64_t n) {
  * `convc_transpose_*` where the variant's vectors are its 64 bytes (AVX-512), rather than
  * element by element. */
 #define TRANSPOSED (VBYTES == 64 && VL > 1)
-static TARGET void FN(transposed)(T *dst, int width, const T *src, int64_t stride, int rows,
-                                  int64_t kc) {
+__attribute__((unused)) static TARGET void FN(transposed)(T *dst, int width, const T *src,
+                                                          int64_t stride, int rows, int64_t kc) {
     const int lanes = 64 / (int)sizeof(T);
     for (int i = 0; i < rows; i += lanes)
         for (int64_t k = 0; k < kc; k += lanes)
