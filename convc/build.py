@@ -314,11 +314,15 @@ def target() -> str:
 
 
 def target_flags(cc: tuple[str, ...]) -> tuple[str, ...]:
-    """The flags of `target`, and GCC's ``-fno-tree-loop-distribute-patterns`` where the
-    compiler takes it: a copy of a few elements stays an inline loop instead of becoming a
-    call to memcpy (the rows of a packed 8x8 image are 8 floats)."""
-    inline = ("-fno-tree-loop-distribute-patterns",)
-    return _TARGETS[target()] + (inline if _accepts(cc, inline) else ()) + openmp_flags(cc)
+    """The flags of `target`, and two of GCC's where the compiler takes them:
+    ``-fno-tree-loop-distribute-patterns`` (a copy of a few elements stays an inline loop
+    instead of becoming a call to memcpy: the rows of a packed 8x8 image are 8 floats) and
+    ``--param=vect-partial-vector-usage=2`` (with AVX-512, the iterations a vectorised loop
+    leaves over run as one masked vector, not an epilogue of narrower vectors and scalars:
+    a depthwise 3x3 layer's 54-column interior rows, 1.30 -> 1.14 ms forward)."""
+    gcc = [f for f in (("-fno-tree-loop-distribute-patterns",),
+                       ("--param=vect-partial-vector-usage=2",)) if _accepts(cc, f)]
+    return _TARGETS[target()] + tuple(f for flags in gcc for f in flags) + openmp_flags(cc)
 
 
 def openmp_flags(cc: tuple[str, ...]) -> tuple[str, ...]:
