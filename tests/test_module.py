@@ -377,6 +377,12 @@ def test_one_module_from_eight_threads(wide):
     assert not np.array_equal(serial[0][0], serial[1][0])  # the inputs differ per thread
 
 
+def timed(call) -> float:
+    begin = time.perf_counter()
+    call()
+    return time.perf_counter() - begin
+
+
 def largest_pause(call) -> tuple[float, float]:
     """Run ``call`` while another Python thread ticks every half millisecond; return the
     longest stretch without a tick during the call, and the call's duration. A call that
@@ -401,16 +407,15 @@ def largest_pause(call) -> tuple[float, float]:
 
 
 def test_a_call_releases_the_gil(wide):
-    """Python threads keep running while a ~50 ms call is inside C (retried when the
+    """Python threads keep running while a ~20 ms call is inside C (retried when the
     machine is busy); the same probe does see a call that holds the GIL."""
     net, params = wide
     batch, took = 8, 0.0
-    while took < 0.05 and batch < 2048:  # a batch that takes 50 ms, however busy the machine
+    while took < 0.02 and batch < 2048:  # a call of 20 ms, however busy the machine
         batch *= 2
         x = np.random.default_rng(0).standard_normal((batch, 8, 32, 32)).astype(np.float32)
-        begin = time.perf_counter()
-        net(x=x, **params)
-        took = time.perf_counter() - begin
+        net(x=x, **params)  # the first call at a size faults its workspace in
+        took = min(timed(lambda: net(x=x, **params)) for _ in range(3))  # the least disturbed
 
     shuffled = list(np.random.default_rng(0).permutation(300_000).tolist())
     pause, duration = largest_pause(lambda: sorted(shuffled))  # list.sort holds the GIL
@@ -420,7 +425,7 @@ def test_a_call_releases_the_gil(wide):
     for _ in range(5):
         pause, duration = largest_pause(lambda: net(x=x, **params))
         tries.append((round(pause * 1e3, 1), round(duration * 1e3, 1)))
-        if duration > 0.02 and pause < 0.5 * duration:
+        if duration > 0.005 and pause < 0.5 * duration:  # ten tick periods, a tick in each half
             break
     else:
         pytest.fail(f"no tick while the call ran: (longest pause, call) in ms: {tries}")
