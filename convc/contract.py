@@ -42,11 +42,10 @@ ALGORITHMS = ("auto", "gemm", "direct", "fft", "winograd", "col2im", "blocked", 
 """How contractions run: chosen by cost, always as products where possible, never,
 through spectra where they are correlations or convolutions of unit stride (`spectral`),
 by Winograd's F(2, 3) or F(3, 2) where those have 3 taps or 3 outputs per axis
-(`winograd`), as one product
-over every tap and a sum of shifted columns (`col2im`), as direct sums with their
-outputs in vector registers (`blocked`), or, for a constant kernel of rank 1, as one 1-D
-pass per axis (`convc.rank`, a rewrite of the graph); where one does not apply, as
-auto."""
+(`winograd`), as one product over every tap and a sum of shifted columns (`col2im`), as
+direct sums with their outputs in vector registers (`blocked`), or, for a constant kernel
+of rank 1, as one 1-D pass per axis (`convc.rank`, a rewrite of the graph); where one does
+not apply, as auto."""
 
 MIN_EXTENT = {"m": 1, "n": 8, "k": 8}
 """The least rows, columns and depth per product for which packing pays over direct loops."""
