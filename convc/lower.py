@@ -285,6 +285,8 @@ def _outputs_in_registers(comp: Comprehension, shapes, lanes: int = 1,
         return None
     comp = _bounds_as_fill(comp, shapes)
     interiors, tested = _interiors(comp, shapes, [d.var for d in comp.reduced], small)
+    reads = [(a, sympy.And(idx >= 0, idx < size), v, comp.fill_of(str(a.base.label)))
+             for a, (idx, size), v in tested]
     points = [dict(zip([d.var for d in small], p))
               for p in itertools.product(*(range(int(d.stop)) for d in small))]
     accs = ACCUMULATORS[:len(points)]
@@ -299,13 +301,7 @@ def _outputs_in_registers(comp: Comprehension, shapes, lanes: int = 1,
         """The accumulators' updates where the variables of ``inside`` are in their
         interiors and those of ``fixed`` have their values (where a read is then outside
         for an accumulator, its update is gone)."""
-        guards = {}
-        for access, (idx, size), v in tested:
-            if v not in inside:
-                fill = comp.fill_of(str(access.base.label))
-                guards[access] = sympy.Piecewise((guards.get(access, access),
-                                                  sympy.And(idx >= 0, idx < size)), (fill, True))
-        body = comp.body.xreplace(guards).xreplace(fixed)
+        body = comp.body.xreplace(_guards(reads, inside)).xreplace(fixed)
         if vector:  # the reads that move with the innermost variable, as vectors
             part = () if lanes_left is None else (lanes_left,)
             body = body.xreplace({a: VLoad(a, *part) for a in body.atoms(sympy.Indexed)
@@ -551,15 +547,22 @@ def _tested_at_borders(comp: Comprehension, borders: dict) -> tuple[Stmt, ...] |
             tested.append((access, sympy.And(idx >= 0, idx < size), v, fill))
 
     def point(inside: frozenset, _fixed: dict) -> tuple[Stmt, ...]:
-        conditions: dict = {}
-        for access, condition, v, fill in tested:
-            if v not in inside:
-                conditions.setdefault((access, fill), []).append(condition)
-        guards = {access: sympy.Piecewise((access, sympy.And(*c)), (fill, True))
-                  for (access, fill), c in conditions.items()}
-        return (Store(comp.output, comp.body.xreplace(guards)),)
+        return (Store(comp.output, comp.body.xreplace(_guards(tested, inside))),)
 
     return _split_nest(comp.free, interiors, point)
+
+
+def _guards(tested, inside: frozenset) -> dict:
+    """Each read of ``tested`` (``(access, condition, variable, fill)``: the condition under
+    which the access is inside its tensor, the loop variable that moves it out) whose
+    variable's loop is not among the interior loops ``inside``, as its fill where one of its
+    conditions fails."""
+    conditions: dict = {}
+    for access, condition, v, fill in tested:
+        if v not in inside:
+            conditions.setdefault((access, fill), []).append(condition)
+    return {access: sympy.Piecewise((access, sympy.And(*c)), (fill, True))
+            for (access, fill), c in conditions.items()}
 
 
 def lower_node(node: str, inputs: tuple[str, ...], parts, shapes: dict[str, tuple],
