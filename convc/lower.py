@@ -109,6 +109,11 @@ def _parallel(comp: Comprehension, nest: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
 SHORT_REDUCTION = 64
 """The most points a reduction may have to be moved outside the innermost free loop."""
 
+SHORT_ROW = 8
+"""The fewest points a row of outputs needs for a short reduction to run along it in vectors
+(`_short_window`): LeNet's input gradient sums its shifted columns along rows of 12, one
+masked vector each, 1.6x faster than point by point."""
+
 SHORT_WINDOW = 27
 """The most points a window may have to be summed in registers (`_windowed`): a longer one
 chains too many dependent additions per output; it adds whole rows instead."""
@@ -409,7 +414,8 @@ def _register_dims(comp: Comprehension, shapes) -> list[Dim] | None:
 def _short_window(comp: Comprehension, shapes) -> bool:
     """A sum or max over at most `SHORT_REDUCTION` points of constant bounds, inside a box
     from 0 whose innermost free variable walks the output in steps of 1 or 2 (its
-    interleaved parts) and every read in steps of 0, 1 or 2, for at least 16 points."""
+    interleaved parts) and every read in steps of 0, 1 or 2, for at least `SHORT_ROW`
+    points."""
     if comp.reduction not in (Reduction.SUM, Reduction.MAX) or not comp.free:
         return False
     if not comp.reduced or not all(d.start == 0 and sympy.sympify(d.stop).is_number
@@ -422,7 +428,7 @@ def _short_window(comp: Comprehension, shapes) -> bool:
         return False
     inner = comp.free[-1]
     extent = sympy.sympify(inner.stop)
-    if (extent.is_number and extent < 16) or not comp.output.has(inner.var):
+    if (extent.is_number and extent < SHORT_ROW) or not comp.output.has(inner.var):
         return False
     for a in (comp.output, *comp.body.atoms(sympy.Indexed)):
         step = strides(a, shapes[str(a.base.label)], [inner.var])[0].get(inner.var, 0)

@@ -26,6 +26,7 @@ CASES = {
                            padding=((1, 0), (2, 1)), groups=2, dilation=2),
     "volume": dict(cin=2, size=(5, 6, 4), channels=3, kernel=(3, 3, 2), stride=(1, 2, 1),
                    padding=1),
+    "short_rows": dict(cin=3, size=(12, 9), channels=4, kernel=(5, 3), padding=(0, 1)),
 }
 
 
@@ -85,6 +86,17 @@ def test_phases_of_a_strided_input_gradient_share_one_product():
     assert products[0].m == 3 * 49 and products[0].k == 16
     assert products[0].b.tensor == "seed:conv0"  # the seed itself, in place
     assert not products[0].accumulate  # the columns are written, not zeroed then added to
+
+
+def test_shifted_columns_of_short_rows_sum_in_registers():
+    """LeNet's conv2 (12x12 inputs, 5x5 taps): the sum of shifted columns keeps each input
+    point's taps in a register along rows of 12, its taps unrolled where the window is
+    whole, instead of a loop per point bounded by the 8x8 columns it reads."""
+    g = conv_graph(cin=6, size=(12, 12), channels=16, kernel=5)
+    loops = convc.compile(g, grad=["x"], algorithm="col2im").explain().split("LOOPS")[-1]
+    assert loops.startswith("     dinput:")
+    assert "for m1 in [0, 5):  (unroll)" in loops
+    assert "for j3 in [4, 8):" in loops  # the row's interior, between its two borders
 
 
 @pytest.mark.parametrize("case,expected", [
