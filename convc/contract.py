@@ -139,7 +139,7 @@ def direct_rate(comp: Comprehension, shapes) -> float:
     load of the input per output), 4 for a short window summed along rows of 64 or more
     (vectorised; a shorter row pays its loop overhead in proportion), 96 for a gathered sum
     bounded by its constraints, else 32."""
-    from .lower import vector_row
+    from .reductions import vector_row  # it builds loop nests, whose IR holds our Gemm
 
     found = vector_row(comp, shapes)
     if found is None:

@@ -28,7 +28,8 @@ from .loops import Kernel
 from .autodiff import Names, derive
 from .blocked import Blocked
 from .contract import ALGORITHMS, Gemm, Part, cost, plan
-from .lower import ACCUMULATORS, VECTOR_ACCUMULATORS, lower_node, written
+from .lower import lower_node, written
+from .reductions import ACCUMULATORS, VECTOR_ACCUMULATORS
 from . import blocked, col2im, spectral, winograd
 from .ops import fmt
 from .ops.source import Constant, Input, Param
