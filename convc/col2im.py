@@ -37,6 +37,13 @@ from .ops import estimate
 from .spectral import channel_indices, correlation, fresh_name
 
 
+SPARE_COLUMNS = 16
+"""The most columns a product may make per one its shifted sum reads (per output channel):
+a stride-s layer's forward pass reads one column in s per axis. A kernel gradient, whose
+taps are the output gradient's positions, would make a column for every pair of an
+output and an input position (a 32x32x32 volume's: 4 GiB per pair of channels)."""
+
+
 def plan(comp: Comprehension, shapes: dict[str, tuple], packed: dict) -> tuple | None:
     """The product into columns and the shifted sum computing ``comp``; None unless it is
     a correlation or convolution that sums over at least one channel. Columns already made
@@ -80,7 +87,8 @@ def _key(columns: Comprehension) -> tuple:
 def _split(comp: Comprehension, shapes) -> tuple[Comprehension, Comprehension] | None:
     """``(P, O)``: the columns' product and the shifted sum, P's shape added to ``shapes``.
     P holds every position of the kernel's spatial axes (``w``), whatever taps ``comp``
-    reads of them, and every position of the signal's that it reads (``j``)."""
+    reads of them, and every position of the signal's that it reads (``j``); None where
+    that is over `SPARE_COLUMNS` times the pairs of taps and outputs the sum reads."""
     matched = correlation(comp, shapes, strided=True)
     if matched is None:
         return None
@@ -101,6 +109,10 @@ def _split(comp: Comprehension, shapes) -> tuple[Comprehension, Comprehension] |
         js.append(Dim(j, low, high))
         ws.append(Dim(w, 0, shapes[kernel][kpos]))
         s_at[spos], k_at[kpos] = j, w
+    dims = {d.var: d for d in comp.variables}
+    read = math.prod(estimate(dims[x].extent) for axis in found.axes for x in axis[3:5])
+    if math.prod(estimate(d.stop - d.start) for d in (*ws, *js)) > SPARE_COLUMNS * read:
+        return None
     out_channel = channel_indices(comp.output, found, 2)
     channel_free = [d for d in comp.free if d.var not in {axis[3] for axis in found.axes}]
     index = (*out_channel, *(w.var for w in ws), *(j.var for j in js))

@@ -88,6 +88,19 @@ def test_phases_of_a_strided_input_gradient_share_one_product():
     assert not products[0].accumulate  # the columns are written, not zeroed then added to
 
 
+def test_columns_are_not_made_for_every_pair_of_positions():
+    """A kernel gradient's taps are the output gradient's positions: its columns would pair
+    every output position with every input position (256 x 256 here, 28 times the pairs
+    its sum reads; a 32x32x32 volume's would take 128 GiB), so it runs as direct loops
+    even when col2im is asked for, while the forward pass and h still take it."""
+    case = dict(cin=2, size=(16, 16), channels=3, kernel=(3, 3), padding=1)
+    lowered = convc.lower(conv_graph(**case), grad=WRT, algorithm="col2im")
+    assert _products(lowered, "fwd")[1] == _products(lowered, "dinput")[1] == ("col2im",)
+    assert _products(lowered, "dweight") == ([], ("direct",))
+    net = convc.compile(conv_graph(**case), "float64", grad=WRT, algorithm="col2im")
+    check_against_references(net, case, seed=3)
+
+
 def test_shifted_columns_of_short_rows_sum_in_registers():
     """LeNet's conv2 (12x12 inputs, 5x5 taps): the sum of shifted columns keeps each input
     point's taps in a register along rows of 12, its taps unrolled where the window is
