@@ -1,7 +1,8 @@
 """The per-node report of `Module.explain`: fixed sections for every computed node.
 
 NODE (name, op, file:line), SHAPES, EQUATIONS (the comprehensions as mathematics), FLOPS
-(per example, nominal: every point of every reduction), ALGORITHM (direct loops, or the
+(per example where the work grows with the batch, else per call; nominal: every point of
+every reduction), ALGORITHM (direct loops, or the
 matrix products a contraction was packed into, after the rank-1 kernel it was separated
 from for a node run as 1-D passes), TIME (estimated, and measured when the
 module was tuned), LOOPS (the loop nest, with the bounds that clipping solved) and C (the
@@ -44,7 +45,8 @@ def flops(comp: Comprehension, shapes: dict[str, tuple]) -> sympy.Expr:
 
 
 def saved_tensors(lowered: Lowered) -> dict[str, sympy.Expr]:
-    """Forward tensors that the backward pass reads, with their bytes per example."""
+    """Forward tensors that the backward pass reads, with their bytes per example (per call
+    in a graph of fixed batch size)."""
     forward = {t for s in lowered.steps if s.role == "fwd" for t in lowered.kernels[s].writes}
     read = set()
     for step in lowered.steps:
@@ -65,8 +67,9 @@ def explain(lowered: Lowered) -> str:
     if lowered.wrt:
         kept = saved_tensors(lowered)
         listed = ", ".join(f"{n} ({b} B)" for n, b in kept.items())
-        sections[0] += (f"\nSAVED     the backward pass reads {sum(kept.values())} bytes per "
-                        f"example of the forward pass" + (f": {listed}" if listed else ""))
+        per = "per example" if BATCH in lowered.sizes else "per call"
+        sections[0] += (f"\nSAVED     the backward pass reads {sum(kept.values())} bytes {per} "
+                        f"of the forward pass" + (f": {listed}" if listed else ""))
     lines = _function_lines(lowered)
     for node in lowered.nodes:
         steps = [s for s in lowered.steps if s.node == node.name]
@@ -86,7 +89,7 @@ def explain(lowered: Lowered) -> str:
         for step in steps:
             shapes = {n: b.shape for n, b in lowered.buffers.items()}
             total = sum((flops(c, shapes) for c in step.comps), sympy.Integer(0))
-            out.append(f"FLOPS     {step.role}: {total.subs(BATCH, 1)} per example")
+            out.append(f"FLOPS     {step.role}: {_per_example(total)}")
         for step in steps:
             how = _algorithm(lowered.parts[step], lowered.algorithms[step])
             if separated:
@@ -150,11 +153,18 @@ def _time(lowered: Lowered, step: Step) -> str:
         rate = f", {work / seconds / 1e9:.1f} GFLOP/s" if work and seconds > 0 else ""
         return f"{seconds * 1e3:.3g} ms{rate}"
 
-    text = f"estimated {shown(estimated_seconds(lowered, step, batch))} at N={batch}"
+    text = f"estimated {shown(estimated_seconds(lowered, step, batch))}"
+    text += f" at N={batch}" if BATCH in lowered.sizes else ""
     if tuned:
         measured = ", ".join(f"{a} {shown(t)}" for a, t in tuned["seconds"].items())
         text += f"; measured {measured} (tuned: {tuned['algorithm']})"
     return text
+
+
+def _per_example(count: sympy.Expr) -> str:
+    """A count per example where it grows with the batch, else per call (a graph of fixed
+    batch size, or work the batch does not change)."""
+    return f"{count.subs(BATCH, 1)} per example" if count.has(BATCH) else f"{count} per call"
 
 
 def _algorithm(parts, used) -> str:

@@ -299,7 +299,7 @@ def test_explain(small):
     for (name, section), function in zip(sections.items(), functions):
         assert "test_module.py:" in section.splitlines()[0], name
         assert re.search(rf"^SHAPES +{re.escape(shapes[name])}$", section, re.MULTILINE), name
-        assert re.search(r"^FLOPS +fwd: \d+ per example$", section, re.MULTILINE), name
+        assert re.search(r"^FLOPS +fwd: \d+ per (example|call)$", section, re.MULTILINE), name
         loops = r"^LOOPS +fwd:\n +for \w+ in \[0, [^)]+\):"
         assert re.search(loops, section, re.MULTILINE), name
         assert re.search(rf"^C +{function}, source lines \d+-\d+$", section, re.MULTILINE), name
@@ -309,6 +309,18 @@ def test_explain(small):
     # a multiply and an add per tap: conv 3·4 outputs × 2·3 taps, dense 4 × 12
     assert "FLOPS     fwd: 144 per example" in sections["conv0"]
     assert "FLOPS     fwd: 96 per example" in sections["dense0"]
+
+
+def test_explain_counts_a_fixed_batch_per_call():
+    """With the batch fixed in the graph, the counts are the whole call's, and the time is
+    estimated at that batch, not at an assumed one."""
+    g = convc.Graph("fixed")
+    x = g.input("x", (5, 2, 6))
+    g.output(g.relu(g.conv(x, channels=3, kernel=3)))
+    text = convc.compile(g, grad=["x"]).explain()
+    assert "FLOPS     fwd: 720 per call" in text  # 5 images, 3·4 outputs, 2·3 taps, 2 flops
+    assert "bytes per call of the forward pass" in text
+    assert "per example" not in text and "at N=" not in text
 
 
 def test_explain_line_ranges_point_at_the_functions(small):
