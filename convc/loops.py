@@ -157,23 +157,31 @@ class Kernel:
         return [s for s in walk(self.nests) if isinstance(s, Transform)]
 
 
-def fused(first: tuple[Stmt, ...], second: tuple[Stmt, ...]) -> tuple[Stmt, ...] | None:
+def fused(first: tuple[Stmt, ...], second: tuple[Stmt, ...], outer: bool = False,
+          collapsed: int = 0) -> tuple[Stmt, ...] | None:
     """One nest running ``first`` then ``second`` in each iteration of the loops they
     share, when they are loops of the same headers around straight-line bodies (an
     elementwise op's outputs: their bodies vectorise together); None otherwise (a nest
-    with a reduction keeps its loops: fused, its innermost loop vectorised worse). The
-    caller answers for the order: nothing ``second`` reads may be written by ``first``,
-    nor the other way round."""
+    with a reduction keeps its loops: fused, its innermost loop vectorised worse). With
+    ``outer``, any bodies: below the loops they share, each runs in a scope of its own
+    (the phases of a strided input gradient, blocked sums adding into rows that then stay
+    in the cache from one phase to the next). The caller answers for the order: nothing
+    ``second`` reads may be written by ``first``, nor the other way round. ``collapsed``:
+    how many levels down the loops must stay one in another (a collapsed parallel loop's)."""
     if len(first) != 1 or len(second) != 1:
         return None
     a, b = first[0], second[0]
     if not (isinstance(a, Loop) and isinstance(b, Loop)) or _header(a) != _header(b):
         return None
-    body = fused(a.body, b.body)
+    inner = max(collapsed, a.collapse) - 1
+    body = fused(a.body, b.body, outer, inner)
     if body is None:
-        if any(isinstance(s, Loop | Block | Let) for s in walk(a.body + b.body)):
+        if outer and inner == 0:
+            body = (Block(a.body), Block(b.body))
+        elif any(isinstance(s, Loop | Block | Let) for s in walk(a.body + b.body)):
             return None
-        body = a.body + b.body
+        else:
+            body = a.body + b.body
     return (Loop(a.var, a.start, a.stop, body, a.kind, a.step, a.collapse),)
 
 

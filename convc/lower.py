@@ -161,11 +161,33 @@ def lower_node(node: str, inputs: tuple[str, ...], parts, shapes: dict[str, tupl
     writes each part's output, once each. ``lanes``, ``integers``: see
     `lower_comprehension`.
     """
+    parts = _packings_first(parts)
     nests = _fused_siblings([(_lower_part(p, shapes, lanes, integers), p) for p in parts])
     writes = tuple(dict.fromkeys(written(p) for p in parts))
     used = {t for p in parts for t in _read(p)} - set(writes)
     reads = [t for t in dict.fromkeys(inputs) if t in used] + sorted(used - set(inputs))
     return Kernel(node, nests, tuple(reads), writes)
+
+
+def _packings_first(parts: list) -> list:
+    """The parts in order, but a comprehension that follows blocked sums it neither reads
+    nor feeds (the next phase's kernel laid out in vectors) moved before them: the sums are
+    then siblings that may share their loops (`_fused_siblings`)."""
+    out: list = []
+    for part in parts:
+        at = len(out)
+        if isinstance(part, Comprehension):
+            while at and isinstance(out[at - 1], Blocked) and not _ordered(out[at - 1], part):
+                at -= 1
+        out.insert(at, part)
+    return out
+
+
+def _ordered(first, second) -> bool:
+    """Whether ``second`` must run after ``first``: one reads what the other writes, or
+    both write one tensor."""
+    return (written(first) in _read(second) or written(second) in _read(first)
+            or written(first) == written(second))
 
 
 def _fused_siblings(lowered: list[tuple[tuple[Stmt, ...], object]]) -> tuple[Stmt, ...]:
@@ -174,29 +196,42 @@ def _fused_siblings(lowered: list[tuple[tuple[Stmt, ...], object]]) -> tuple[Stm
     neither reads what the other writes, and what both write they write at elements apart
     (the phases of Winograd's output transform: one pass over the products). A product or
     a transform is never fused."""
-    out: list[tuple[tuple[Stmt, ...], list[Comprehension] | None]] = []
+    out: list[tuple[tuple[Stmt, ...], list | None]] = []
     for nest, part in lowered:
-        if not isinstance(part, Comprehension):
+        if not isinstance(part, Comprehension | Blocked):
             out.append((nest, None))
             continue
-        if out and out[-1][1] is not None and _independent(out[-1][1], part):
-            merged = fused(out[-1][0], nest)
+        group = out[-1][1] if out else None
+        if group and type(group[0]) is type(part) and _independent(group, part):
+            merged = fused(out[-1][0], nest, outer=isinstance(part, Blocked))
             if merged is not None:
-                out[-1] = (merged, [*out[-1][1], part])
+                out[-1] = (merged, [*group, part])
                 continue
         out.append((nest, [part]))
     return tuple(s for nest, _ in out for s in nest)
 
 
-def _independent(group: list[Comprehension], part: Comprehension) -> bool:
+def _independent(group: list, part) -> bool:
     """Whether ``part`` can run in the loops of ``group``: it reads nothing they write, they
-    read nothing it writes, and where they write its tensor, never an element it writes."""
-    reads, writes = set(_read(part)), written(part)
-    if reads & {written(g) for g in group} or any(writes in _read(g) for g in group):
+    read nothing it writes (but a blocked sum's own outputs, which it adds to), and where
+    they write its tensor, never an element it writes."""
+    reads, writes = set(_read_elsewhere(part)), written(part)
+    if reads & {written(g) for g in group} or any(writes in _read_elsewhere(g) for g in group):
         return False
-    variables = sorted({d.var for c in (*group, part) for d in c.variables}, key=str)
+    variables = sorted({v for c in (*group, part) for v in _variables(c)}, key=str)
     return all(never_meet(g.output, part.output, variables)
                for g in group if written(g) == writes)
+
+
+def _read_elsewhere(part) -> list[str]:
+    """The tensors a part reads, but a blocked sum's own, which it reads only where it
+    writes (its outputs are its initial values)."""
+    own = isinstance(part, Blocked) and part.init == part.output
+    return [t for t in _read(part) if not (own and t == part.tensor)]
+
+
+def _variables(part) -> tuple:
+    return part.variables if isinstance(part, Blocked) else tuple(d.var for d in part.variables)
 
 
 def _lower_part(part, shapes, lanes: int, integers: frozenset) -> tuple[Stmt, ...]:

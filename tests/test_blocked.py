@@ -18,7 +18,8 @@ import convc
 from convc import blocked
 from convc.blocked import Blocked
 from convc.explain import explain
-from convc.loops import Block, Let, Loop, RowsStore, TransposeTile, Update, VLoad, walk
+from convc.loops import (Block, Let, Loop, LoopKind, RowsStore, TransposeTile, Update, VLoad,
+                         walk)
 
 WRT = ["x", "conv0.weight", "conv0.bias"]
 
@@ -120,6 +121,22 @@ def test_a_strided_layers_input_gradient_adds_rows_every_other_element(target, d
     net = convc.compile(conv_graph(**STRIDED_H), dtype, grad=WRT, algorithm="blocked")
     assert f"convc_vadd_rows_{dtype[0]}{dtype[-2:]}(&" in net.source
     check_against_references(net, STRIDED_H, 12, dtype, 1e-10 if dtype == "float64" else 2e-5)
+
+
+def test_the_phases_of_a_strided_input_gradient_share_their_loops():
+    """The four phases add into every other element of the input gradient's rows, two
+    phases a row: they run in one nest (one parallel region), each in a scope of its own
+    below the loops they share, so that a row one phase added to is still in the cache
+    when the next adds to it (the kernel of each laid out in vectors before them all)."""
+    c = dict(cin=20, size=(10, 30), channels=6, kernel=(3, 3), stride=2, padding=1)
+    net = convc.compile(conv_graph(**c), grad=WRT, algorithm="blocked", num_threads=2)
+    step = next(s for s in net.lowered.steps if s.role == "dinput")
+    nests = [n for n in net.lowered.kernels[step].nests
+             if any(isinstance(s, RowsStore) for s in walk((n,)))]
+    assert len(nests) == 1 and nests[0].kind is LoopKind.PARALLEL
+    stores = [s for s in walk(nests) if isinstance(s, RowsStore)]
+    assert len({s.target.base for s in stores}) == 1 and len(stores) == 8  # 15 = 8 + 7
+    check_against_references(net, c, 12, "float32", 2e-5)
 
 
 @pytest.mark.parametrize("target", ["native", "portable", "scalar"])
