@@ -39,7 +39,8 @@ from dataclasses import dataclass, field, replace
 import sympy
 
 from .errors import DerivationError
-from .ir.affine import affine_terms, invert_access, is_proven, is_proven_inside
+from .ir.affine import (affine_terms, invert_access, is_proven, is_proven_inside,
+                        never_meet)
 from .ir.comprehension import ACC, Comprehension, Dim, Reduction, row_major
 from .ops import estimate
 
@@ -129,21 +130,30 @@ def _first_assigns(fills, steps) -> list[Comprehension]:
             continue
         i, j = where
         comp, target, cs = steps[i]
-        assigning = _as_assignment(cs[j], fill)
-        if assigning is None:
+        group = _covering(cs, j, [f.stop for f in fill.free])
+        assigning = [_as_assignment(c) for c in group]
+        if not group or None in assigning:
             kept.append(fill)
             continue
-        steps[i] = (comp, target, [*cs[:j], assigning, *cs[j + 1:]])
+        steps[i] = (comp, target, [*cs[:j], *assigning, *cs[j + len(group):]])
     return kept
 
 
-def _as_assignment(comp: Comprehension, fill: Comprehension) -> Comprehension | None:
-    """``comp`` writing ``=`` instead of ``+=``, when it writes every element of the
-    tensor ``fill`` zeroes once (see `_covers_once`); else None."""
-    reduced = {d.var for d in comp.reduced}  # a constraint on them leaves every point
-    if not all(e.free_symbols & reduced for e, _, _ in comp.where):
-        return None
-    if not _covers_once(comp, [f.stop for f in fill.free]):
+def _covering(cs: list[Comprehension], j: int, shape) -> list[Comprehension]:
+    """The comprehensions from ``cs[j]`` on that write every element of a tensor of
+    ``shape`` once between them: ``cs[j]`` alone (`_covers_once`), or the run of them that
+    write its tensor, each at elements of its own (`_phases_cover`: the phases of a strided
+    layer's input gradient); else none."""
+    if _covers_once(cs[j], shape):
+        return [cs[j]]
+    run = list(itertools.takewhile(lambda c: c.tensor == cs[j].tensor, cs[j:]))
+    return run if len(run) > 1 and _phases_cover(run, shape) else []
+
+
+def _as_assignment(comp: Comprehension) -> Comprehension | None:
+    """``comp``, which adds to its output, writing ``=`` instead of ``+=`` (the caller
+    answers for its writing every element it covers once); None where it cannot."""
+    if not all(_leaves_every_point(comp, *constraint) for constraint in comp.where):
         return None
     if (comp.reduction is Reduction.SUM and comp.init == comp.output
             and not comp.body.has(comp.output)):
@@ -153,6 +163,21 @@ def _as_assignment(comp: Comprehension, fill: Comprehension) -> Comprehension | 
         rest = comp.body - comp.output
         return None if rest.has(comp.output) else replace(comp, body=rest)
     return None
+
+
+def _leaves_every_point(comp: Comprehension, expr, low, high) -> bool:
+    """Whether the constraint ``low <= expr < high`` leaves every point of the free
+    variables: it bounds a sum's variables (the sum may be empty, still 0), or it holds
+    wherever they are. A sum's variable of one value is that value here, as in the loops
+    (a phase's ``0 <= u - t < 5`` with ``t < 1`` bounds ``u``)."""
+    single = {d.var: d.start for d in comp.reduced if d.extent == 1}
+    expr = sympy.expand(expr.xreplace(single))
+    if expr.free_symbols & {d.var for d in comp.reduced}:
+        return True
+    dims = {d.var: d for d in comp.free if d.var in expr.free_symbols}
+    box = {v: Dim(v, 0, d.extent) for v, d in dims.items()}
+    at_zero = expr.xreplace({v: v + d.start for v, d in dims.items()}) - low
+    return is_proven_inside(sympy.expand(at_zero), box, high - low)
 
 
 def _covers_once(comp: Comprehension, shape) -> bool:
@@ -177,6 +202,32 @@ def _covers_once(comp: Comprehension, shape) -> bool:
             return False
         used += list(coeffs)
     return sorted(used, key=str) == sorted(dims, key=str)
+
+
+def _phases_cover(phases: list[Comprehension], shape) -> bool:
+    """Whether the phases write every element of a tensor of ``shape`` once between them:
+    each writes a distinct element per point of its free variables (one variable per
+    index, ``s·v + c``), all inside the tensor, no two reach a common element
+    (`affine.never_meet`), and their points add up to its size."""
+    total = sympy.Integer(0)
+    for phase in phases:
+        dims = {d.var: d for d in phase.free}
+        at_zero = {v: v + d.start for v, d in dims.items()}
+        box = {v: Dim(v, 0, d.extent) for v, d in dims.items()}
+        used = []
+        for index, size in zip(phase.output.indices, shape):
+            index = sympy.expand(index.xreplace(at_zero))
+            coeffs, _ = affine_terms(index, list(dims))
+            if len(coeffs) > 1 or not is_proven_inside(index, box, size):
+                return False
+            used += list(coeffs)
+        if sorted(used, key=str) != sorted(dims, key=str):
+            return False
+        total += sympy.Mul(*(d.extent for d in phase.free))
+    variables = sorted({d.var for p in phases for d in p.free}, key=str)
+    return (sympy.expand(total - sympy.Mul(*shape)) == 0
+            and all(never_meet(a.output, b.output, variables)
+                    for a, b in itertools.combinations(phases, 2)))
 
 
 def _masked(comp: Comprehension, cs: list[Comprehension], shapes, names

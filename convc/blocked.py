@@ -275,24 +275,23 @@ def _tile(part: Blocked, start: sympy.Expr, width: int) -> tuple[Stmt, ...]:
 
 def _rows(output, init, vector, block, shapes) -> tuple[sympy.Expr, int] | None:
     """The strides of ``output`` along ``vector`` and ``block`` where ``block`` walks it in
-    steps of 1, and the initial value, if any, is one read of unit stride along ``vector``
-    that ``block`` does not move (a bias), or in steps of 1 or 2 where the initial value is
-    the output itself (a phase of a strided layer's input gradient, added to what the
-    others wrote): then the accumulators are stored, or added, a row of outputs per lane.
-    Else None."""
+    steps of 1 or 2 (a phase of a strided layer's input gradient, which writes every other
+    element of a row), and the initial value, if any, is the output itself (added to) or,
+    at steps of 1, one read of unit stride along ``vector`` that ``block`` does not move (a
+    bias): then the accumulators are stored, or added, a row of outputs per lane. Else
+    None."""
     coeffs, _ = strides(output, shapes[str(output.base.label)], [vector, block])
     if vector not in coeffs or coeffs.get(block) not in (1, 2):
         return None
-    if init == output:
+    if init == output or init is None:
         return coeffs[vector], coeffs[block]
     if coeffs[block] != 1:
         return None
-    if init is not None:
-        if not isinstance(init, sympy.Indexed):
-            return None
-        read, _ = strides(init, shapes[str(init.base.label)], [vector, block])
-        if read.get(vector) != 1 or read.get(block, 0) != 0:
-            return None
+    if not isinstance(init, sympy.Indexed):
+        return None
+    read, _ = strides(init, shapes[str(init.base.label)], [vector, block])
+    if read.get(vector) != 1 or read.get(block, 0) != 0:
+        return None
     return coeffs[vector], 1
 
 

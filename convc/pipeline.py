@@ -195,6 +195,9 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
             seeds = {o: names.seed(o) for o in graph.outputs}
     shapes = _shapes(graph, steps)
     shapes.update({seed: graph.node(out).shape for out, seed in seeds.items()})
+    if wrt:  # a gradient has its tensor's shape (its first writer may write a part of it)
+        shapes.update({names.grad(t): shape for t, shape in list(shapes.items())
+                       if names.grad(t) in shapes})
     parts, algorithms, packed = {}, {}, {}
     lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
     for step in steps:

@@ -124,19 +124,18 @@ CONVC_VECTOR_SUM(float, convc_vf32, f32)
 CONVC_VECTOR_SUM(double, convc_vf64, f64)
 #undef CONVC_VECTOR_SUM
 
-/* convc_vstore_rows_*(p, stride, v, width, rows): lane l of the vectors v[0], ..., v[width - 1]
- * (width <= 16) to p[l * stride + 0 .. width - 1], for the first `rows` lanes: a block of
- * outputs held in registers along a contiguous axis of its tensor, one vector per output,
- * stored row by row rather than lane by lane. With GCC 12 or Clang, eight vectors at a time
+/* convc_vstore_rows_*(p, stride, step, v, width, rows): lane l of the vectors v[0], ...,
+ * v[width - 1] (width <= 16) to p[l * stride + i * step] for i < width (step 1 or 2), for the
+ * first `rows` lanes: a block of outputs held in registers along a row of its tensor, one
+ * vector per output, stored row by row rather than lane by lane. With GCC 12 or Clang, eight vectors at a time
  * are transposed in three rounds of interleaving (a perfect shuffle, thrice, transposes eight
  * rows; floats in each half of their lanes apart): 24 shuffles and 16 row stores where the
  * lane by lane store takes 128 extracts. Each call's sizes are constants: the loops unroll. */
-/* convc_vadd_rows_*(p, stride, step, v, width, rows): adds lane l of v[i] to
- * p[l * stride + i * step] (step 1 or 2) for the first `rows` lanes: outputs accumulated
- * into their tensor a row at a time, transposed as convc_vstore_rows_* transposes them. At
- * step 2 (every other element: a phase of a strided layer's input gradient) a row of
- * floats is one load, add and store of the even lanes of 16 with AVX-512 (masked: the odd
- * elements, another phase's, are neither read nor written), else element by element. */
+/* convc_vadd_rows_*(p, stride, step, v, width, rows): the same, added to p: outputs
+ * accumulated into their tensor a row at a time. At step 2 (every other element: a phase
+ * of a strided layer's input gradient), stored or added, a row of floats is one store (after
+ * a load and an add) of the even lanes of 16 with AVX-512 (masked: the odd elements,
+ * another phase's, are neither read nor written), else element by element. */
 /* convc_transpose_*(dst, dst_stride, src, src_stride, rows, cols): dst[c * dst_stride + r] =
  * src[r * src_stride + c] for r < rows and c < cols, both at most the vector's lanes (16
  * floats, 8 doubles): a tile of a layout change that moves a strided axis innermost (the
@@ -193,20 +192,20 @@ typedef float convc_vh32_any __attribute__((vector_size(32), aligned(4), may_ali
 #define CONVC_SPREAD(v, h) __builtin_shufflevector(v, v, h, h, h + 1, h + 1, h + 2, h + 2, h + 3, \
                                                    h + 3, h + 4, h + 4, h + 5, h + 5, h + 6,   \
                                                    h + 6, h + 7, h + 7)
-static inline int convc_add_row2_f32(float *q, const convc_vf32 *t, int row, int n) {
+static inline int convc_row2_f32(float *q, const convc_vf32 *t, int row, int n, int add) {
     const convc_vf32 spread = row < 8 ? CONVC_SPREAD(t[row], 0) : CONVC_SPREAD(t[row - 8], 8);
     const unsigned short even = (unsigned short)(0x5555u & ((1u << (2 * n - 1)) - 1u));
-    const convc_vf32 old = __builtin_ia32_loadups512_mask(q, (convc_vf32){0}, even);
+    const convc_vf32 old = add ? __builtin_ia32_loadups512_mask(q, (convc_vf32){0}, even)
+                               : (convc_vf32){0};
     __builtin_ia32_storeups512_mask(q, old + spread, even);
     return 1;
 }
 #undef CONVC_SPREAD
 #else
-#define convc_add_row2_f32(q, t, row, n) 0
+#define convc_row2_f32(q, t, row, n, add) 0
 #endif
-#define convc_add_row2_f64(q, t, row, n) 0
-/* convc_rows_*(p, stride, step, v, width, rows, add): the two above, stored (step 1) or
- * added. */
+#define convc_row2_f64(q, t, row, n, add) 0
+/* convc_rows_*(p, stride, step, v, width, rows, add): the two above, stored or added. */
 #define CONVC_ROWS(T, V, R, SUFFIX)                                                         \
     static inline void convc_rows_##SUFFIX(T *p, int64_t stride, int step, const V *v,      \
                                            int width, int rows, int add) {                  \
@@ -217,16 +216,16 @@ static inline int convc_add_row2_f32(float *q, const convc_vf32 *t, int row, int
             convc_transpose8_##SUFFIX(t);                                                  \
             for (int row = 0; row < rows; row++) {                                         \
                 T *q = p + row * stride + g * step;                                        \
-                if (add && step == 2 && convc_add_row2_##SUFFIX(q, t, row, n)) continue;   \
+                if (step == 2 && convc_row2_##SUFFIX(q, t, row, n, add)) continue;         \
                 const R r = CONVC_ROW_##SUFFIX(t, row);                                    \
                 if (step == 1 && n == 8 && add) {                                          \
                     *(R *)q += r;                                                          \
                 } else if (step == 1 && n == 8) {                                          \
                     *(R *)q = r;                                                           \
-                } else if (!add) {                                                         \
+                } else if (step == 1 && !add) {                                            \
                     CONVC_STORE_PART_##SUFFIX(q, r, n);                                    \
                 } else {                                                                   \
-                    for (int i = 0; i < n; i++) q[i * step] += r[i];                       \
+                    for (int i = 0; i < n; i++) q[i * step] = r[i] + (add ? q[i * step] : 0); \
                 }                                                                          \
             }                                                                              \
         }                                                                                  \
@@ -234,8 +233,8 @@ static inline int convc_add_row2_f32(float *q, const convc_vf32 *t, int row, int
 CONVC_ROWS(float, convc_vf32, convc_vh32_any, f32)
 CONVC_ROWS(double, convc_vf64, convc_vf64_any, f64)
 #undef CONVC_ROWS
-#undef convc_add_row2_f32
-#undef convc_add_row2_f64
+#undef convc_row2_f32
+#undef convc_row2_f64
 #undef CONVC_ROW_f32
 #undef CONVC_ROW_f64
 #define CONVC_TRANSPOSE(T, V, A, SUFFIX, LANES, SQUARE)                                     \
@@ -284,10 +283,10 @@ CONVC_TRANSPOSE(float, f32)
 CONVC_TRANSPOSE(double, f64)
 #undef CONVC_TRANSPOSE
 #endif
-#define convc_vstore_rows_f32(p, stride, v, width, rows) \
-    convc_rows_f32(p, stride, 1, v, width, rows, 0)
-#define convc_vstore_rows_f64(p, stride, v, width, rows) \
-    convc_rows_f64(p, stride, 1, v, width, rows, 0)
+#define convc_vstore_rows_f32(p, stride, step, v, width, rows) \
+    convc_rows_f32(p, stride, step, v, width, rows, 0)
+#define convc_vstore_rows_f64(p, stride, step, v, width, rows) \
+    convc_rows_f64(p, stride, step, v, width, rows, 0)
 #define convc_vadd_rows_f32(p, stride, step, v, width, rows) \
     convc_rows_f32(p, stride, step, v, width, rows, 1)
 #define convc_vadd_rows_f64(p, stride, step, v, width, rows) \

@@ -497,6 +497,33 @@ def test_windows_that_tile_the_input_assign_its_gradient(window, stride, tiles):
     assert all(("+=" in c.text()) != tiles for c in dinput.comps)
 
 
+@pytest.mark.parametrize("kernel,stride,size,assigned", [
+    (3, 2, 13, True), (2, 3, 12, True),  # a phase no tap reaches: its sum is empty, 0
+    (3, 2, 12, False),  # the last element, read by no output, left out of its phase's loop
+])
+@pytest.mark.parametrize("algorithm", ["direct", "blocked"])
+def test_the_phases_of_a_strided_input_gradient_assign_it(kernel, stride, size, assigned,
+                                                          algorithm):
+    """A strided layer's input gradient is one phase per offset in the stride, each writing
+    every stride-th element: where between them they write every element once, each
+    assigns its own, with no zeroing pass before; where an element is left to no phase, the
+    gradient is zeroed and they add into it."""
+    g = convc.Graph("phases")
+    x = g.input("x", (None, 16, size))
+    g.output(g.conv(x, channels=3, kernel=kernel, stride=stride, bias=False, name="conv0"))
+    net = convc.compile(g, "float64", grad=["x"], algorithm=algorithm)
+    zeroed = {c.tensor for s in net.lowered.steps if s.role == "start" for c in s.comps}
+    (dinput,) = net.lowered.derivatives("conv0")
+    assert len(dinput.comps) == stride and ("grad:x" not in zeroed) == assigned
+    assert all(("+=" in c.text()) != assigned for c in dinput.comps)
+    rng = np.random.default_rng(kernel)
+    xs, w = rng.standard_normal((2, 16, size)), rng.standard_normal((3, 16, kernel))
+    G = rng.standard_normal((2, 3, (size - kernel) // stride + 1))
+    _, grads = net(x=xs, **{"conv0.weight": w, "grad:conv0": G})
+    dx, _, _ = conv_grads_scatter(xs, w, G, (stride,), (1,), [(0, 0)], 1)
+    np.testing.assert_allclose(grads["x"], dx, rtol=1e-12, atol=1e-12)
+
+
 def test_a_seed_that_nothing_adds_to_is_read_in_place():
     """The gradient given for the last layer's output is read where it lies; an output that
     another node also reads gets its own gradient, starting as a copy of the seed."""
@@ -804,7 +831,8 @@ def test_printed_derivations_of_a_strided_convolution():
     printed = [str(c) for c in dinput.comps]
     assert len(printed) == 4  # one per phase of each strided axis
     for text in printed:
-        assert text.startswith("grad:x[") and "+=" in text
+        # between them the phases write each element once: each assigns its own
+        assert text.startswith("grad:x[") and "] = Σ" in text and "+=" not in text
         # the solved relation: the eliminated output position j = u - t kept in range
         assert re.search(r"where 0 <= u2 - t2 < 5, 0 <= u3 - t3 < 4", text), text
         assert "%" not in text and "mod" not in text.lower()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from reference import padding_pairs
+from test_autodiff import conv_grads_scatter
 from test_col2im import check_against_references, conv_graph
 
 import convc
@@ -46,7 +48,7 @@ def test_values_and_gradients_match_the_references(case, dtype):
 
 
 def _blocked(lowered, role):
-    step = next(s for s in lowered.steps if s.role == role)
+    step = next(s for s in lowered.steps if s.role == role and s.node == "conv0")
     return [p for p in lowered.parts[step] if isinstance(p, Blocked)]
 
 
@@ -105,22 +107,51 @@ STRIDED_H = dict(cin=20, size=(9, 30), channels=6, kernel=(3, 3), stride=2, padd
 
 @pytest.mark.parametrize("target", ["native", "portable", "scalar"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_a_strided_layers_input_gradient_adds_rows_every_other_element(target, dtype,
-                                                                       monkeypatch):
+def test_a_strided_layers_input_gradient_stores_rows_every_other_element(target, dtype,
+                                                                         monkeypatch):
     """h of a stride-2 layer is four phases, each writing every other element of a row of
-    the input gradient and adding to what the others wrote: each lane's row is added at
-    once, at step 2 (`RowsStore(add=True, step=2)`: the runtime's masked even lanes, or
-    element by element), on every target. 20 input channels (a vector and 4 lanes of
-    one); rows of 15 outputs per phase (eight transposed at a time, and seven)."""
+    the input gradient; between them they write each element once, so each stores its
+    elements (no zeros first) a row per lane at step 2 (`RowsStore(add=False, step=2)`:
+    the runtime's masked even lanes, or element by element), on every target. 20 input
+    channels (a vector and 4 lanes of one); rows of 15 outputs per phase (eight transposed
+    at a time, and seven); 9 rows, so that two phases have a row more than the others."""
     monkeypatch.setenv("CONVC_TARGET", target)
     lowered = convc.lower(conv_graph(**STRIDED_H), dtype, grad=WRT, algorithm="blocked")
     phases = _blocked(lowered, "dinput")
-    assert len(phases) == 4 and all(p.step == 2 and p.init == p.output for p in phases)
+    assert len(phases) == 4 and all(p.step == 2 and p.init is None for p in phases)
     stores = [s for p in phases for s in walk(blocked.lower(p)) if isinstance(s, RowsStore)]
-    assert stores and all(s.add and s.step == 2 for s in stores)
+    assert stores and not any(s.add for s in stores) and all(s.step == 2 for s in stores)
+    assert not any(c.tensor == "grad:x" for s in lowered.steps for c in s.comps
+                   if c.body == 0)  # no zeros written first
     net = convc.compile(conv_graph(**STRIDED_H), dtype, grad=WRT, algorithm="blocked")
-    assert f"convc_vadd_rows_{dtype[0]}{dtype[-2:]}(&" in net.source
+    assert f"convc_vstore_rows_{dtype[0]}{dtype[-2:]}(&" in net.source
     check_against_references(net, STRIDED_H, 12, dtype, 1e-10 if dtype == "float64" else 2e-5)
+
+
+@pytest.mark.parametrize("target", ["native", "portable", "scalar"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_strided_layers_input_gradient_adds_rows_to_another(target, dtype, monkeypatch):
+    """Where the input also feeds a ReLU, whose gradient is written first, the phases add
+    theirs to it, a row per lane at step 2 (`RowsStore(add=True, step=2)`)."""
+    monkeypatch.setenv("CONVC_TARGET", target)
+    g = convc.Graph("shared")
+    x = g.input("x", (None, 20, 9, 30))
+    g.output(g.conv(x, channels=6, kernel=3, stride=2, padding=1, bias=False, name="conv0"),
+             g.relu(x, name="relu0"))
+    net = convc.compile(g, dtype, grad=["x"], algorithm="blocked")
+    phases = _blocked(net.lowered, "dinput")
+    assert len(phases) == 4 and all(p.step == 2 and p.init == p.output for p in phases)
+    assert f"convc_vadd_rows_{dtype[0]}{dtype[-2:]}(&" in net.source
+    rng = np.random.default_rng(5)
+    xs = rng.standard_normal((2, 20, 9, 30))
+    w = rng.standard_normal((6, 20, 3, 3))
+    gy, gz = rng.standard_normal((2, 6, 5, 15)), rng.standard_normal(xs.shape)
+    pads = padding_pairs(1, (9, 30), (3, 3), (2, 2), (1, 1))
+    dx, _, _ = conv_grads_scatter(xs, w, gy, (2, 2), (1, 1), pads, 1)
+    arrays = {"x": xs, "conv0.weight": w, "grad:conv0": gy, "grad:relu0": gz}
+    _, grads = net(**{k: v.astype(dtype) for k, v in arrays.items()})
+    tol = 1e-10 if dtype == "float64" else 2e-5
+    np.testing.assert_allclose(grads["x"], dx + gz * (xs > 0), rtol=tol, atol=tol)
 
 
 def test_the_phases_of_a_strided_input_gradient_share_their_loops():

@@ -200,9 +200,9 @@ def emit_stmt(stmt, printer: CPrinter, buffers, indent: str, context: _Context
         return [f"{indent}{p(stmt.target)} = {p(stmt.value)};"]
     if isinstance(stmt, RowsStore):
         i = printer.doprint_int
-        call, step = ("vadd", f"{stmt.step}, ") if stmt.add else ("vstore", "")
+        call = "vadd" if stmt.add else "vstore"
         return [f"{indent}convc_{call}_rows_{printer.suffix}(&{p(stmt.target)}, "
-                f"{i(stmt.stride)}, {step}{stmt.source}, {stmt.width}, {i(stmt.rows)});"]
+                f"{i(stmt.stride)}, {stmt.step}, {stmt.source}, {stmt.width}, {i(stmt.rows)});"]
     if isinstance(stmt, TransposeTile):
         i = printer.doprint_int
         return [f"{indent}convc_transpose_{printer.suffix}(&{p(stmt.target)}, "

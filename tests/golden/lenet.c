@@ -41,7 +41,7 @@ static void convc_lenet_conv0_fwd(int64_t N, const float *restrict x, const floa
                     for (int64_t i1_in = 0; i1_in < 6; ++i1_in) {
                         vacc[i1_in] += convc_vload_part_f32(&conv0_bias[16*k_vector], 2 - 16*k_vector);
                     }
-                    convc_vstore_rows_f32(&conv0[((n*2 + 16*k_vector)*6 + i0)*6 + i1_block], 36, vacc, 6, 2 - 16*k_vector);
+                    convc_vstore_rows_f32(&conv0[((n*2 + 16*k_vector)*6 + i0)*6 + i1_block], 36, 1, vacc, 6, 2 - 16*k_vector);
                 } /* i1_block */
             } /* i0 */
         } /* k_vector */
