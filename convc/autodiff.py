@@ -141,13 +141,10 @@ def _first_assigns(fills, steps) -> list[Comprehension]:
 
 def _covering(cs: list[Comprehension], j: int, shape) -> list[Comprehension]:
     """The comprehensions from ``cs[j]`` on that write every element of a tensor of
-    ``shape`` once between them: ``cs[j]`` alone (`_covers_once`), or the run of them that
-    write its tensor, each at elements of its own (`_phases_cover`: the phases of a strided
-    layer's input gradient); else none."""
-    if _covers_once(cs[j], shape):
-        return [cs[j]]
+    ``shape`` once between them (`_write_once`): ``cs[j]`` alone, or the run of them that
+    write its tensor (the phases of a strided layer's input gradient); else none."""
     run = list(itertools.takewhile(lambda c: c.tensor == cs[j].tensor, cs[j:]))
-    return run if len(run) > 1 and _phases_cover(run, shape) else []
+    return next((group for group in (run[:1], run) if _write_once(group, shape)), [])
 
 
 def _as_assignment(comp: Comprehension) -> Comprehension | None:
@@ -174,60 +171,53 @@ def _leaves_every_point(comp: Comprehension, expr, low, high) -> bool:
     expr = sympy.expand(expr.xreplace(single))
     if expr.free_symbols & {d.var for d in comp.reduced}:
         return True
-    dims = {d.var: d for d in comp.free if d.var in expr.free_symbols}
-    box = {v: Dim(v, 0, d.extent) for v, d in dims.items()}
-    at_zero = expr.xreplace({v: v + d.start for v, d in dims.items()}) - low
-    return is_proven_inside(sympy.expand(at_zero), box, high - low)
+    at_zero, box = _from_zero([d for d in comp.free if d.var in expr.free_symbols])
+    return is_proven_inside(sympy.expand(expr.xreplace(at_zero) - low), box, high - low)
 
 
-def _covers_once(comp: Comprehension, shape) -> bool:
-    """Whether the free variables walk every element of a tensor of ``shape`` once: each
-    output index is a mixed-radix number of its own variables (``v`` over the whole axis,
-    or ``s·a + b`` with ``b < s`` and ``s·A`` the axis for ``a < A``: a pooling window
-    that tiles its input), every free variable in one index."""
-    dims = {d.var: d for d in comp.free}
-    if any(d.start != 0 for d in comp.free) or len(comp.output.indices) != len(shape):
-        return False
-    used = []
-    for index, size in zip(comp.output.indices, shape):
-        coeffs, const = affine_terms(index, list(dims))
-        if const != 0:
-            return False
-        step = sympy.Integer(1)
-        for v, c in sorted(coeffs.items(), key=lambda vc: estimate(vc[1])):
-            if sympy.expand(c - step) != 0:
-                return False
-            step *= dims[v].stop
-        if sympy.expand(step - size) != 0:
-            return False
-        used += list(coeffs)
-    return sorted(used, key=str) == sorted(dims, key=str)
-
-
-def _phases_cover(phases: list[Comprehension], shape) -> bool:
-    """Whether the phases write every element of a tensor of ``shape`` once between them:
-    each writes a distinct element per point of its free variables (one variable per
-    index, ``s·v + c``), all inside the tensor, no two reach a common element
-    (`affine.never_meet`), and their points add up to its size."""
+def _write_once(comps: list[Comprehension], shape) -> bool:
+    """Whether the comprehensions write every element of a tensor of ``shape`` once between
+    them: each a distinct element per point of its free variables (every index a
+    mixed-radix number of variables of its own, each step at least the span of those
+    below it: ``v``, a window that tiles its input's ``s·a + b`` with ``b < s``, a phase's
+    ``2·u + 1``), all inside the tensor; no two reach a common element
+    (`affine.never_meet`); and their points add up to its size."""
     total = sympy.Integer(0)
-    for phase in phases:
-        dims = {d.var: d for d in phase.free}
-        at_zero = {v: v + d.start for v, d in dims.items()}
-        box = {v: Dim(v, 0, d.extent) for v, d in dims.items()}
+    for comp in comps:
+        if len(comp.output.indices) != len(shape):
+            return False
+        at_zero, box = _from_zero(comp.free)
         used = []
-        for index, size in zip(phase.output.indices, shape):
+        for index, size in zip(comp.output.indices, shape):
             index = sympy.expand(index.xreplace(at_zero))
-            coeffs, _ = affine_terms(index, list(dims))
-            if len(coeffs) > 1 or not is_proven_inside(index, box, size):
+            coeffs, _ = affine_terms(index, list(box))
+            if not _digits(coeffs, box) or not is_proven_inside(index, box, size):
                 return False
             used += list(coeffs)
-        if sorted(used, key=str) != sorted(dims, key=str):
+        if sorted(used, key=str) != sorted(box, key=str):
             return False
-        total += sympy.Mul(*(d.extent for d in phase.free))
-    variables = sorted({d.var for p in phases for d in p.free}, key=str)
+        total += sympy.Mul(*(d.stop for d in box.values()))
+    variables = sorted({d.var for c in comps for d in c.free}, key=str)
     return (sympy.expand(total - sympy.Mul(*shape)) == 0
             and all(never_meet(a.output, b.output, variables)
-                    for a, b in itertools.combinations(phases, 2)))
+                    for a, b in itertools.combinations(comps, 2)))
+
+
+def _digits(coeffs: dict, box: dict) -> bool:
+    """Whether an index with these coefficients is a mixed-radix number of its variables
+    (from 0, in ``box``): each coefficient at least the span the smaller ones cover."""
+    span = sympy.Integer(1)
+    for v, c in sorted(coeffs.items(), key=lambda vc: estimate(vc[1])):
+        if not is_proven(c >= span):
+            return False
+        span = c * box[v].stop
+    return True
+
+
+def _from_zero(dims) -> tuple[dict, dict]:
+    """The substitution counting each of ``dims`` from 0, and the box it then spans."""
+    return ({d.var: d.var + d.start for d in dims},
+            {d.var: Dim(d.var, 0, d.extent) for d in dims})
 
 
 def _masked(comp: Comprehension, cs: list[Comprehension], shapes, names

@@ -85,8 +85,8 @@ class Store:
 class RowsStore:
     """Lane ``l`` of the vectors ``source[i]`` (``i < width``) to the element ``l·stride +
     i·step`` past ``target`` (``add``: added to it), for the lanes ``l < rows``: outputs held
-    one per vector along an axis of stride 1 (or, added, 2), stored a row of them at a time
-    (the runtime's transposing stores)."""
+    one per vector along a row of step 1 or 2 (a phase of a strided input gradient), stored
+    a row of them at a time (the runtime's transposing stores)."""
 
     target: sympy.Indexed
     stride: sympy.Expr

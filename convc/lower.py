@@ -194,8 +194,10 @@ def _fused_siblings(lowered: list[tuple[tuple[Stmt, ...], object]]) -> tuple[Stm
     """The parts' nests in order, consecutive comprehensions over the same loops run in one
     nest (a ReLU and its mask: one pass over what they read, one parallel region) where
     neither reads what the other writes, and what both write they write at elements apart
-    (the phases of Winograd's output transform: one pass over the products). A product or
-    a transform is never fused."""
+    (the phases of Winograd's output transform: one pass over the products). Consecutive
+    blocked sums share the loops they have in common, each in a scope of its own below (the
+    phases of a strided input gradient: a row two of them write stays in the cache). A
+    product or a transform is never fused."""
     out: list[tuple[tuple[Stmt, ...], list | None]] = []
     for nest, part in lowered:
         if not isinstance(part, Comprehension | Blocked):

@@ -127,10 +127,11 @@ CONVC_VECTOR_SUM(double, convc_vf64, f64)
 /* convc_vstore_rows_*(p, stride, step, v, width, rows): lane l of the vectors v[0], ...,
  * v[width - 1] (width <= 16) to p[l * stride + i * step] for i < width (step 1 or 2), for the
  * first `rows` lanes: a block of outputs held in registers along a row of its tensor, one
- * vector per output, stored row by row rather than lane by lane. With GCC 12 or Clang, eight vectors at a time
- * are transposed in three rounds of interleaving (a perfect shuffle, thrice, transposes eight
- * rows; floats in each half of their lanes apart): 24 shuffles and 16 row stores where the
- * lane by lane store takes 128 extracts. Each call's sizes are constants: the loops unroll. */
+ * vector per output, stored row by row rather than lane by lane. With GCC 12 or Clang,
+ * eight vectors at a time are transposed in three rounds of interleaving (a perfect
+ * shuffle, thrice, transposes eight rows; floats in each half of their lanes apart): 24
+ * shuffles and 16 row stores where the lane by lane store takes 128 extracts. Each call's
+ * sizes are constants: the loops unroll. */
 /* convc_vadd_rows_*(p, stride, step, v, width, rows): the same, added to p: outputs
  * accumulated into their tensor a row at a time. At step 2 (every other element: a phase
  * of a strided layer's input gradient), stored or added, a row of floats is one store (after
@@ -195,9 +196,9 @@ typedef float convc_vh32_any __attribute__((vector_size(32), aligned(4), may_ali
 static inline int convc_row2_f32(float *q, const convc_vf32 *t, int row, int n, int add) {
     const convc_vf32 spread = row < 8 ? CONVC_SPREAD(t[row], 0) : CONVC_SPREAD(t[row - 8], 8);
     const unsigned short even = (unsigned short)(0x5555u & ((1u << (2 * n - 1)) - 1u));
-    const convc_vf32 old = add ? __builtin_ia32_loadups512_mask(q, (convc_vf32){0}, even)
-                               : (convc_vf32){0};
-    __builtin_ia32_storeups512_mask(q, old + spread, even);
+    const convc_vf32 sum =
+        add ? __builtin_ia32_loadups512_mask(q, (convc_vf32){0}, even) + spread : spread;
+    __builtin_ia32_storeups512_mask(q, sum, even);
     return 1;
 }
 #undef CONVC_SPREAD
