@@ -28,7 +28,9 @@ from .pipeline import Lowered, lower
 def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str = "auto",
             num_threads: int | None = None, tune: bool | int = False, profile: bool = False,
             sanitize: bool = False, sizes: dict[str, int] | None = None) -> Module:
-    """Compile ``graph`` to C, build it into a shared library (cached) and load it.
+    """Compile ``graph`` to C, build it into a shared library and load it. The lowering and
+    the library are both kept in the cache directory (`convc.memo`, `convc.build`): compiling
+    the same graph again, in this process or another, reads them back.
 
     ``dtype`` is ``"float32"`` or ``"float64"``. ``grad=True`` adds the backward pass for
     every parameter (or give a list of parameters and inputs); see `Module`.
@@ -57,6 +59,7 @@ def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str 
     >>> net(x=np.ones((1, 1, 5), np.float32), **{"conv0.weight": np.ones((1, 1, 2), np.float32)})
     array([[[2., 2., 2., 2.]]], dtype=float32)
     """
+    from . import memo
     from .build import build_library
 
     tuned = None
@@ -65,8 +68,8 @@ def compile(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str 
 
         batch = DEFAULT_BATCH if tune is True else tune
         tuned = measure(graph, dtype, grad, num_threads, batch, sizes=sizes)
-    lowered = lower(graph, dtype, grad=grad, algorithm=algorithm, num_threads=num_threads,
-                    profile=profile, tuned=tuned, sizes=sizes)
+    lowered = memo.lowered(graph, dtype, grad=grad, algorithm=algorithm,
+                           num_threads=num_threads, profile=profile, tuned=tuned, sizes=sizes)
     cdef = lowered.cdef + "\nconst char *convc_error_message(int code);"
     return Module(lowered, build_library(lowered.source, cdef, sanitize=sanitize))
 

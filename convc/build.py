@@ -18,6 +18,8 @@ the binary (the tuple in `_Job.of`)::
             kernel.c, compiler.log   its sources and the compiler's full diagnostics
         runtime-<hash>/              the runtime's object files for one compiler and its
                                      flags, linked into every library built with them
+        lowered-<hash>.pickle        a graph lowered to C, for a compile from the cache to
+                                     skip the lowering (`convc.memo`)
         tmp-*/                       builds in progress
 
 A build runs in a fresh temporary directory inside the cache and is published by renaming
@@ -85,6 +87,7 @@ _MANIFEST = "manifest.json"
 _DIAGNOSTIC_LINES = 20
 _ENTRY_NAME = re.compile(
     r"[0-9a-f]{64}|failed-[0-9a-f]{16}|runtime-[0-9a-f]{16}|compiler-[0-9a-f]{16}\.json"
+    r"|lowered-[0-9a-f]{32}\.pickle"
     r"|tmp-.*|\.trash-.*")
 
 _lock = threading.Lock()
@@ -348,10 +351,16 @@ def _remembered(cc: tuple[str, ...], fact: str, compute):
         facts = {}
     if fact not in facts:
         facts[fact] = compute()
-        temporary = path.with_name(f"tmp-{uuid.uuid4().hex}")
-        temporary.write_text(json.dumps(facts, indent=1))
-        os.replace(temporary, path)  # atomic: a reader sees the old facts or the new
+        write_atomically(path, json.dumps(facts, indent=1).encode())
     return facts[fact]
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write a file of the cache so that a reader sees the old contents or the new, never a
+    part: written beside it under a temporary name, then renamed over it."""
+    temporary = path.with_name(f"tmp-{uuid.uuid4().hex}")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
 
 
 def _facts_path(cc: tuple[str, ...]) -> Path:

@@ -170,7 +170,7 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
     if not isinstance(graph, Graph):
         raise GraphError(f"expected a convc.Graph, found {type(graph).__name__} "
                          f"({user_source()})")
-    threads = _threads(num_threads)
+    threads = resolve_threads(num_threads)
     if sizes:
         graph = specialise(graph, sizes)
     if algorithm not in ALGORITHMS:
@@ -233,7 +233,7 @@ def _chosen(graph: Graph, step: Step, algorithm: str, tuned) -> str:
     return (tuned or {}).get((step.node, step.role), {}).get("algorithm", algorithm)
 
 
-def _threads(num_threads) -> int:
+def resolve_threads(num_threads) -> int:
     """The threads a module uses: as asked, or every core this process may run on."""
     if num_threads is None:
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (

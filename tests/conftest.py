@@ -42,3 +42,13 @@ def golden(request):
             f"pytest --update-golden")
 
     return check
+
+
+@pytest.fixture
+def unremembered(monkeypatch):
+    """For a test that patches convc's own constants or functions: its lowerings are neither
+    read from the cache nor kept there (`convc.memo` keys on the sources, not on a patch)."""
+    import convc
+    from convc import memo
+
+    monkeypatch.setattr(memo, "lowered", convc.lower)

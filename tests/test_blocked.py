@@ -215,7 +215,7 @@ def test_the_cost_model_takes_it_where_vectors_fill():
     assert all("blocked" not in used for used in lowered.algorithms.values())
 
 
-def test_a_long_sum_is_split_outside_the_blocks(monkeypatch):
+def test_a_long_sum_is_split_outside_the_blocks(monkeypatch, unremembered):
     """g of a large layer sums over every image and position: its blocks would each read
     megabytes of the output gradient, so the images loop outside them and each block adds
     to what the images before stored. Shrunk here so that a small layer splits too."""

@@ -61,7 +61,7 @@ def arrays(rng, cin=3, size=(12, 10), channels=4, kernel=(5, 3), groups=1,
 
 
 @pytest.mark.parametrize("loops", [False, True], ids=["runtime product", "loop product"])
-def test_values_and_gradients_match_the_references(loops, monkeypatch):
+def test_values_and_gradients_match_the_references(loops, monkeypatch, unremembered):
     if loops:  # the spectral product as a comprehension, as when channels do not sort
         monkeypatch.setattr(spectral, "_spectra", lambda *args: None)
     net = convc.compile(conv_graph(cin=4, channels=6, groups=2), "float64", grad=WRT,
