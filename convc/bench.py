@@ -131,6 +131,20 @@ def conv_flops(spec: LayerSpec) -> int:
             * math.prod(spec.kernel))
 
 
+def pass_bytes(spec: LayerSpec) -> int:
+    """Bytes each pass cannot avoid moving, the same for all three: the forward pass reads
+    x and w and writes y, grad-in reads y's gradient and w and writes x's, grad-w reads x
+    and y's gradient and writes w's, each once, in float32. A pass that moves them faster
+    than a copy moves memory (section 1) runs from the cache.
+
+    Examples
+    --------
+    >>> pass_bytes(LAYERS["L8"])  # (8·128·56·56 + 128·1·3·3 + 8·128·56·56)·4
+    25694720
+    """
+    return 4 * sum(math.prod(s) for s in (spec.x_shape, spec.w_shape, spec.y_shape))
+
+
 # -- timing --------------------------------------------------------------------------------
 
 def measure(fn: Callable[[], object], repeat: int, budget: float = BUDGET_S) -> float:
@@ -750,14 +764,16 @@ def section_layers(specs, args, peak, peer, errors) -> tuple[list[dict], list[di
     print(f"\nmedian of up to {args.repeat} runs; grad-in and grad-w are median(forward + "
           "backward) − median(forward) of convc's modules, PyTorch's convolution_backward "
           "alone;\nGFLOP/s count 2·multiply-adds of the direct algorithm; ratio = convc speed "
-          "/ PyTorch speed (>1: convc faster), PyTorch at its better memory format")
+          "/ PyTorch speed (>1: convc faster), PyTorch at its better memory format;\n"
+          "GB/s: the bytes of the pass's tensors, each read or written once, per second "
+          "(against the copy bandwidth of section 1)")
     if any(t > 1 for t in args.threads) and not supports_threads():
         print("convc.compile takes no num_threads: convc is timed at 1 thread only (n/a)")
     print(format_table(
-        ["layer", "pass", "threads", "ms", "GFLOP/s", "% peak", "algorithm", "torch ms",
-         "torch format", "ratio"],
+        ["layer", "pass", "threads", "ms", "GFLOP/s", "% peak", "GB/s", "algorithm",
+         "torch ms", "torch format", "ratio"],
         [[r["layer"], r["pass"], r["threads"], fmt(r["ms"]), fmt(r["gflops"]),
-          fmt(r["peak_pct"], 2), r["algorithm"] or NA, _or_none(r["torch_ms"]),
+          fmt(r["peak_pct"], 2), fmt(r["gbps"]), r["algorithm"] or NA, _or_none(r["torch_ms"]),
           r["torch_format"] or NONE, _or_none(r["ratio"])] for r in rows]))
     means = geomeans(rows, args.passes, args.threads)
     print("\ngeometric mean of the ratio convc / PyTorch")
@@ -770,10 +786,11 @@ def section_layers(specs, args, peak, peer, errors) -> tuple[list[dict], list[di
 def layer_row(spec, name, threads, ours, theirs, peak) -> dict:
     seconds = ours["s"] if ours and ours["s"] > 0 else None
     gflops = conv_flops(spec) / seconds / 1e9 if seconds else None
+    gbps = pass_bytes(spec) / seconds / 1e9 if seconds else None
     peak_t = peak * min(threads, usable_cores()) if peak else None
     torch_s = theirs["s"] if theirs else None
     return {"layer": spec.key, "pass": name, "threads": threads,
-            "ms": seconds * 1e3 if seconds else None, "gflops": gflops,
+            "ms": seconds * 1e3 if seconds else None, "gflops": gflops, "gbps": gbps,
             "peak_pct": 100 * gflops / peak_t if gflops and peak_t else None,
             "algorithm": ours["algorithm"] if ours else None,
             "torch_ms": torch_s * 1e3 if torch_s else None,

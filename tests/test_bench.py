@@ -34,6 +34,8 @@ def test_smoke_run_on_a_tiny_layer(tmp_path, capsys):
         assert finite_positive(r["ms"]) and finite_positive(r["gflops"]), r
         assert r["gflops"] == pytest.approx(
             bench.conv_flops(bench.HIDDEN_LAYERS["tiny"]) / (r["ms"] / 1e3) / 1e9)
+        assert r["gbps"] == pytest.approx(
+            bench.pass_bytes(bench.HIDDEN_LAYERS["tiny"]) / (r["ms"] / 1e3) / 1e9)
         assert r["algorithm"] and r["ratio"] is None
     printed = capsys.readouterr().out
     assert printed.startswith("machine: ") and "--no-torch: ratios omitted" in printed
@@ -85,6 +87,13 @@ def direct_flops(spec: bench.LayerSpec) -> int:
 ])
 def test_flop_count_matches_a_direct_count(spec):
     assert bench.conv_flops(spec) == direct_flops(spec)
+
+
+@pytest.mark.parametrize("key", ["L8", "tiny"])
+def test_bytes_are_those_of_the_arrays_a_pass_moves(key):
+    spec = {**bench.LAYERS, **bench.HIDDEN_LAYERS}[key]
+    a = bench.layer_arrays(spec)
+    assert bench.pass_bytes(spec) == a["x"].nbytes + a["w"].nbytes + a["gy"].nbytes
 
 
 def test_suite_output_sizes():
