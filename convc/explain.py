@@ -45,8 +45,8 @@ def flops(comp: Comprehension, shapes: dict[str, tuple]) -> sympy.Expr:
 
 
 def saved_tensors(lowered: Lowered) -> dict[str, sympy.Expr]:
-    """Forward tensors that the backward pass reads, with their bytes per example (per call
-    in a graph of fixed batch size)."""
+    """Forward tensors that the backward pass reads, with their bytes (in terms of the batch
+    size ``N`` where they grow with it)."""
     forward = {t for s in lowered.steps if s.role == "fwd" for t in lowered.kernels[s].writes}
     read = set()
     for step in lowered.steps:
@@ -56,7 +56,7 @@ def saved_tensors(lowered: Lowered) -> dict[str, sympy.Expr]:
     for name in sorted(read & forward):
         b = lowered.buffers[name]
         width = {"double": 8, "int64_t": 8, "uint8_t": 1}.get(b.ctype, 4)
-        kept[name] = (b.size * width).subs(BATCH, 1)
+        kept[name] = sympy.sympify(b.size * width)
     return kept
 
 
@@ -66,10 +66,10 @@ def explain(lowered: Lowered) -> str:
                 f"entry point {lowered.entry}"]
     if lowered.wrt:
         kept = saved_tensors(lowered)
-        listed = ", ".join(f"{n} ({b} B)" for n, b in kept.items())
-        per = "per example" if BATCH in lowered.sizes else "per call"
-        sections[0] += (f"\nSAVED     the backward pass reads {sum(kept.values())} bytes {per} "
-                        f"of the forward pass" + (f": {listed}" if listed else ""))
+        listed = ", ".join(f"{n} ({b.subs(BATCH, 1)} B)" for n, b in kept.items())
+        total = _per_example(sum(kept.values(), sympy.Integer(0)), "bytes")
+        sections[0] += (f"\nSAVED     the backward pass reads {total} of the forward pass"
+                        + (f": {listed}" if listed else ""))
     lines = _function_lines(lowered)
     for node in lowered.nodes:
         steps = [s for s in lowered.steps if s.node == node.name]
@@ -161,10 +161,13 @@ def _time(lowered: Lowered, step: Step) -> str:
     return text
 
 
-def _per_example(count: sympy.Expr) -> str:
+def _per_example(count: sympy.Expr, unit: str = "") -> str:
     """A count per example where it grows with the batch, else per call (a graph of fixed
     batch size, or work the batch does not change)."""
-    return f"{count.subs(BATCH, 1)} per example" if count.has(BATCH) else f"{count} per call"
+    unit = f" {unit}" if unit else ""
+    if count.has(BATCH):
+        return f"{count.subs(BATCH, 1)}{unit} per example"
+    return f"{count}{unit} per call"
 
 
 def _algorithm(parts, used) -> str:
