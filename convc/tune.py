@@ -38,11 +38,11 @@ def tune(graph, dtype: str, grad, num_threads: int | None, batch: int = DEFAULT_
     """Per step ``(node, role)``: ``{"algorithm": fastest, "seconds": {candidate: median},
     "batch": batch}``, measured (or read from the cache) for every step with a choice."""
     from . import compile as compile_graph
-    from .pipeline import lower
+    from .memo import lowered
     from .rank import separate
 
-    probe = lower(graph, dtype, grad=grad, algorithm="gemm", num_threads=num_threads,
-                  sizes=sizes)
+    probe = lowered(graph, dtype, grad=grad, algorithm="gemm", num_threads=num_threads,
+                    sizes=sizes)
     keys = {(s.node, s.role): _signature(probe, s, batch) for s in probe.steps
             if "gemm" in probe.algorithms[s]}  # steps with a choice
     path = cache_dir() / f"tune-{machine_signature()}.json"
