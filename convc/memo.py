@@ -13,7 +13,8 @@ the cache directory as ``lowered-<hash>.pickle``, under a hash of everything low
   the versions of Python and of the libraries whose objects the pickle holds.
 
 An entry that cannot be read is lowered again and written over; a graph whose lowering
-raises is not kept.
+raises is not kept. A lowering read back has one stage in its ``timings``, the reading
+(``CONVC_DEBUG=1`` prints it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import hashlib
 import logging
 import pickle
 import platform
+from dataclasses import replace
 from pathlib import Path
 
 import networkx
@@ -31,7 +33,7 @@ import sympy
 
 from .build import cache_dir, write_atomically
 from .graph import Graph
-from .pipeline import Lowered, lower, resolve_threads
+from .pipeline import Lowered, lower, resolve_threads, stage
 
 log = logging.getLogger("convc")
 
@@ -53,10 +55,12 @@ def lowered(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str 
                    tuned=tuned, sizes=sizes)
     if not isinstance(graph, Graph):
         return lower(graph, dtype, **options)  # which says what is wrong
-    path = cache_dir() / f"lowered-{_key(graph, dtype, options)[:32]}.pickle"
-    found = _read(path)
+    timings: dict[str, float] = {}
+    with stage("read from the cache", timings):
+        path = cache_dir() / f"lowered-{_key(graph, dtype, options)[:32]}.pickle"
+        found = _read(path)
     if found is not None:
-        return found
+        return replace(found, timings=timings)  # not the stages of the first lowering
     result = lower(graph, dtype, **options)
     try:
         data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)

@@ -102,7 +102,7 @@ class Lowered:
 
 
 @contextmanager
-def _stage(name: str, timings: dict[str, float], node: str = ""):
+def stage(name: str, timings: dict[str, float], node: str = ""):
     start = time.perf_counter()
     try:
         yield
@@ -178,17 +178,17 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
                          f"({user_source()})")
     timings: dict[str, float] = {}
     wrt = _wrt(graph, _nodes_to_run(graph), grad)
-    with _stage("separate", timings):
+    with stage("separate", timings):
         graph, separated = separate(graph, dtype, algorithm, tuned)
     nodes = _nodes_to_run(graph)
     steps = []
     for node in nodes:
         if not node.is_source:
-            with _stage("comprehensions", timings, node.name):
+            with stage("comprehensions", timings, node.name):
                 steps.append(_forward_step(graph, node))
     grads, seeds = {}, {}
     if wrt:
-        with _stage("derive", timings):
+        with stage("derive", timings):
             backward, names = _backward(graph, steps, wrt)
             steps += backward
             grads = {w: names.grad(w) for w in wrt}
@@ -201,19 +201,19 @@ def lower(graph: Graph, dtype: str = "float32", grad=False, algorithm: str = "au
     parts, algorithms, packed = {}, {}, {}
     lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
     for step in steps:
-        with _stage("schedule", timings, step.node):
+        with stage("schedule", timings, step.node):
             parts[step], algorithms[step] = _schedule(
                 step, shapes, _chosen(graph, step, algorithm, tuned), packed, lanes)
-    with _stage("buffers", timings):
+    with stage("buffers", timings):
         ordered = [p for ps in parts.values() for p in ps]
         buffers = _buffers(graph, nodes, ordered, grads, seeds, DTYPES[dtype], shapes)
     kernels = {}
     integers = frozenset(n for n, b in buffers.items() if b.ctype != DTYPES[dtype])
     for step in steps:
-        with _stage("lower", timings, step.node):
+        with stage("lower", timings, step.node):
             kernels[step] = lower_node(step.node, _reads(graph, step), parts[step], shapes,
                                        lanes, integers)
-    with _stage("emit", timings):
+    with stage("emit", timings):
         gname = c_identifier(graph.name)
         functions = {s: _function_name(gname, s, buffers) for s in steps}
         entry = f"convc_{gname}_{'train' if wrt else 'forward'}"

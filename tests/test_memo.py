@@ -53,6 +53,8 @@ def test_a_second_compile_reads_the_lowering_and_computes_the_same(cache, monkey
     forbid_lowering(monkeypatch)
     second = convc.compile(graph(), grad=True)
     assert second.source == first.source and second.lowered is not first.lowered
+    assert list(second.lowered.timings) == ["read from the cache"]
+    assert "derive" in first.lowered.timings
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
     w = rng.standard_normal((2, 1, 3, 3)).astype(np.float32)
