@@ -349,14 +349,14 @@ def train(net, epochs, fit_seed=0, init_seed=0, evaluate=False):
     x, y = synthetic(1)
     params = net.init_params(init_seed)
     lines = []
-    accuracy = None
-    if evaluate:
-        def accuracy():
-            outputs, _ = net(x=x, y=y, **params)
-            return float(np.mean(outputs["dense0"].argmax(axis=1) == y))
+
+    def accuracy():
+        outputs, _ = net(x=x, y=y, **params)
+        return float(np.mean(outputs["dense0"].argmax(axis=1) == y))
+
     history = fit(net, params, SGD(params, lr=0.05, momentum=0.9), {"x": x, "y": y},
-                  epochs=epochs, batch_size=16, seed=fit_seed, evaluate=accuracy,
-                  log=lines.append)
+                  epochs=epochs, batch_size=16, seed=fit_seed,
+                  evaluate=accuracy if evaluate else None, log=lines.append)
     return history, lines, params
 
 
