@@ -20,6 +20,16 @@ enum convc_status {
 
 const char *convc_error_message(int code);
 
+/* The functions of register-blocked sums. Such a sum broadcasts each value of its signal
+ * from memory into the multiply-add that uses it, which costs a load and no more; GCC's
+ * predictive commoning would keep the values one step reads for the next in registers and
+ * broadcast them from there, a shuffle each, which competes with the multiply-adds. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define CONVC_BROADCASTING __attribute__((optimize("no-predictive-commoning")))
+#else
+#define CONVC_BROADCASTING
+#endif
+
 /* Aligned scratch buffers (64 bytes: one cache line, one 512-bit vector). */
 #define CONVC_ALIGNMENT 64
 void *convc_alloc(size_t bytes);

@@ -201,6 +201,26 @@ def test_results_do_not_depend_on_the_thread_count():
     assert np.array_equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_functions_of_blocked_sums_keep_broadcasts_in_their_multiply_adds(threads):
+    """Their functions, and those their parallel loops became, are marked for the compiler
+    (`CONVC_BROADCASTING`), and no others are."""
+    graph = conv_graph(**CASES["plain"])
+    source = convc.lower(graph, grad=WRT, algorithm="blocked", num_threads=threads).source
+    lines = source.splitlines()
+    functions = {line.split("(")[0].split()[-1]: lines[i - 1] == "CONVC_BROADCASTING"
+                 for i, line in enumerate(lines) if line.startswith("static void ")}
+    for step in ("fwd", "dweight", "dinput"):
+        assert functions[f"convc_cols_conv0_{step}"]
+    assert not functions["convc_cols_conv0_dbias"]  # a plain sum
+    if threads > 1:  # the bodies of its parallel loops too
+        assert functions["convc_cols_conv0_fwd_n_k_vector_i0"]
+    direct = convc.lower(graph, grad=WRT, algorithm="direct", num_threads=threads).source
+    assert "CONVC_BROADCASTING" not in direct
+    header = (convc.build.runtime_dir() / "convc_runtime.h").read_text()
+    assert '__attribute__((optimize("no-predictive-commoning")))' in header
+
+
 def test_the_cost_model_takes_it_where_vectors_fill():
     """A strided layer with 128 channels each way runs blocked; a depthwise layer (one
     output channel per group: nothing to put in a vector) never does."""

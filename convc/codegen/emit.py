@@ -68,13 +68,15 @@ def emit_kernel(kernel: Kernel, fname: str, header: list[str], buffers, printer,
     sizes = size_symbols(buffers[t] for t in kernel.reads + kernel.writes)
     comment = "\n".join(f" * {c_comment(line)}".rstrip() for line in header)
     params = parameter_list(sizes, kernel.reads, kernel.writes, buffers)
+    blocked = any(isinstance(s, Let) and s.count for s in walk(kernel.nests))
     context = _Context(fname, params, [str(s) for s in sizes]
                        + [buffers[t].cname for t in kernel.reads + kernel.writes], threads,
-                       declared=_declares(kernel.nests))
+                       declared=_declares(kernel.nests),
+                       attributes=["CONVC_BROADCASTING"] if blocked else [])
     if kernel.transforms:
         params += ", void *restrict fft_scratch"
     kind = "int" if kernel.can_fail else "void"
-    lines = [f"static {kind} {fname}({params})", "{"]
+    lines = [*context.attributes, f"static {kind} {fname}({params})", "{"]
     for stmt in kernel.nests:
         lines += emit_stmt(stmt, printer, buffers, INDENT, context)
     if kernel.can_fail:
@@ -86,14 +88,17 @@ def emit_kernel(kernel: Kernel, fname: str, header: list[str], buffers, printer,
 @dataclass
 class _Context:
     """What emitting a kernel's statements needs besides them: its name, parameters and
-    the arguments that pass them on, its threads, the loops around the statement, whether
-    a local is declared around it, and the functions the bodies of its parallel loops
-    became (with their names: one list and set, shared by every copy `inside` makes)."""
+    the arguments that pass them on, its threads, the attributes of its functions (a line
+    before each; register-blocked sums': `CONVC_BROADCASTING`), the loops around the
+    statement, whether a local is declared around it, and the functions the bodies of its
+    parallel loops became (with their names: one list and set, shared by every copy
+    `inside` makes)."""
 
     fname: str
     params: str
     args: list[str]
     threads: int
+    attributes: list[str] = field(default_factory=list)
     around: tuple[sympy.Symbol, ...] = ()
     declared: bool = False
     outlined: list[str] = field(default_factory=list)
@@ -126,7 +131,8 @@ def _outline(stmt: Loop, printer: CPrinter, buffers, indent: str, context: _Cont
     where = ", ".join(str(v) for v in around[len(context.around):])
     context.outlined.append("\n".join([
         f"/* one iteration of {context.fname}'s parallel loop over {where} */",
-        f"static void {name}({context.params}, {variables})", "{", *body, "}"]))
+        *context.attributes, f"static void {name}({context.params}, {variables})", "{",
+        *body, "}"]))
     call = f"{name}({', '.join([*context.args, *map(str, around)])});"
     lines = [f"{indent}{INDENT * len(loops)}{call}"]
     for depth, loop in reversed(list(enumerate(loops))):

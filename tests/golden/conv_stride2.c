@@ -8,6 +8,7 @@
  *   conv0[n, k, i0, i1] = conv0.bias[k] + sum_{c < 2, m0 < 3, m1 < 3} conv0.weight[k, c, m0, m1]*x[n, c, -1 + m0 + 2*i0, -1 + m1 + 2*i1]   for n < N, k < 3, i0 < 4, i1 < 3  [eq. 9.8]
  * shapes: 'x' (N, 2, 7, 6), 'conv0.weight' (3, 2, 3, 3), 'conv0.bias' (3,) -> (N, 3, 4, 3)
  */
+CONVC_BROADCASTING
 static void convc_conv_stride2_conv0_fwd(int64_t N, const float *restrict x, const float *restrict conv0_weight, const float *restrict conv0_bias, float *restrict conv0_pad, float *restrict conv0_vectors, float *restrict conv0)
 {
     for (int64_t p0 = 0; p0 < N; ++p0) {

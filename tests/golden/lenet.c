@@ -8,6 +8,7 @@
  *   conv0[n, k, i0, i1] = conv0.bias[k] + sum_{c < 1, m0 < 3, m1 < 3} conv0.weight[k, c, m0, m1]*x[n, c, i0 + m0, i1 + m1]   for n < N, k < 2, i0 < 6, i1 < 6  [eq. 9.7]
  * shapes: 'x' (N, 1, 8, 8), 'conv0.weight' (2, 1, 3, 3), 'conv0.bias' (2,) -> (N, 2, 6, 6)
  */
+CONVC_BROADCASTING
 static void convc_lenet_conv0_fwd(int64_t N, const float *restrict x, const float *restrict conv0_weight, const float *restrict conv0_bias, float *restrict conv0_vectors, float *restrict conv0)
 {
     for (int64_t m0 = 0; m0 < 3; ++m0) {
