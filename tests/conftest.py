@@ -52,3 +52,14 @@ def unremembered(monkeypatch):
     from convc import memo
 
     monkeypatch.setattr(memo, "lowered", convc.lower)
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty cache directory of its own, and nothing remembered in this process."""
+    from convc import build
+
+    monkeypatch.setenv("CONVC_CACHE_DIR", str(tmp_path / "cache"))
+    build._forget_loaded()
+    yield tmp_path / "cache"
+    build._forget_loaded()

@@ -117,15 +117,6 @@ def test_runtime_is_compiled_once_per_compiler_and_flags(cache):
     check_add(first)
 
 
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty cache directory of its own, and nothing remembered in this process."""
-    monkeypatch.setenv("CONVC_CACHE_DIR", str(tmp_path / "cache"))
-    build._forget_loaded()
-    yield tmp_path / "cache"
-    build._forget_loaded()
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, build.Library]:
     """One build of SOURCE, for tests that copy its cache entry instead of compiling again."""

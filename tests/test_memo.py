@@ -20,14 +20,6 @@ from convc import build, memo
 from convc.errors import GraphError
 
 
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("CONVC_CACHE_DIR", str(tmp_path / "cache"))
-    build._forget_loaded()
-    yield tmp_path / "cache"
-    build._forget_loaded()
-
-
 def graph(channels: int = 2, name: str = "memo") -> convc.Graph:
     g = convc.Graph(name)
     x = g.input("x", (None, 1, 6, 6))
