@@ -13,7 +13,7 @@ the cache directory as ``lowered-<hash>.pickle``, under a hash of everything low
   the versions of Python and of the libraries whose objects the pickle holds.
 
 An entry that cannot be read is lowered again and written over; a graph whose lowering
-raises is not kept. A lowering read back has one stage in its ``timings``, the reading
+raises is not kept. A lowering read back has one stage in its ``timings``, the lookup
 (``CONVC_DEBUG=1`` prints it).
 """
 
@@ -56,7 +56,7 @@ def lowered(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str 
     if not isinstance(graph, Graph):
         return lower(graph, dtype, **options)  # which says what is wrong
     timings: dict[str, float] = {}
-    with stage("read from the cache", timings):
+    with stage("cache lookup", timings):
         path = cache_dir() / f"lowered-{_key(graph, dtype, options)[:32]}.pickle"
         found = _read(path)
     if found is not None:

@@ -8,8 +8,11 @@ graph whose lowering fails is not kept, and that `clear_cache` removes the entri
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +48,7 @@ def test_a_second_compile_reads_the_lowering_and_computes_the_same(cache, monkey
     forbid_lowering(monkeypatch)
     second = convc.compile(graph(), grad=True)
     assert second.source == first.source and second.lowered is not first.lowered
-    assert list(second.lowered.timings) == ["read from the cache"]
+    assert list(second.lowered.timings) == ["cache lookup"]
     assert "derive" in first.lowered.timings
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
@@ -139,3 +142,18 @@ def memo_options(**changes) -> dict:
     options = dict(grad=False, algorithm="auto", num_threads=None, profile=False, tuned=None,
                    sizes=None)
     return options | changes
+
+
+def test_a_new_process_reads_the_lowering_another_wrote(cache):
+    """Two processes compile one graph: the second derives nothing (CONVC_DEBUG=1 prints
+    each stage it runs)."""
+    script = ("import convc\n"
+              "g = convc.Graph('again')\n"
+              "g.output(g.relu(g.conv(g.input('x', (None, 1, 6, 6)), channels=2, kernel=3)))\n"
+              "convc.compile(g, grad=True)\n")
+    env = dict(os.environ, CONVC_CACHE_DIR=str(cache), CONVC_DEBUG="1")
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, check=True).stderr for _ in range(2)]
+    assert "cache lookup" in runs[0] and "derive" in runs[0]
+    assert "cache lookup" in runs[1] and "derive" not in runs[1]
+    assert len(entries(cache)) == 1
