@@ -634,9 +634,10 @@ def _compile(work: Path, job: _Job) -> list[list[str]]:
 
 
 def _runtime_objects(root: Path, job: _Job) -> list[Path]:
-    """The runtime's object files for this compiler and these flags, compiled once and kept
-    in the cache as ``runtime-<key>/`` (published like a library), then linked into every
-    module: a module's build compiles only its own C."""
+    """The runtime's object files for this compiler and these flags, compiled once (a
+    process per source, side by side) and kept in the cache as ``runtime-<key>/``
+    (published like a library), then linked into every module: a module's build compiles
+    only its own C."""
     sources = sorted(runtime_dir().glob("*.c"))
     parts = (_runtime_fingerprint(runtime_dir()), job.cc, _compiler_version(job.cc),
              job.flags["kernel"])
@@ -647,8 +648,9 @@ def _runtime_objects(root: Path, job: _Job) -> list[Path]:
     _discard(entry)
     work = Path(tempfile.mkdtemp(prefix="tmp-", dir=root))
     try:
-        command = [*job.cc, "-c", *job.flags["kernel"], f"-I{runtime_dir()}", *map(str, sources)]
-        (diagnostics,) = _run_all([command], work)
+        commands = [[*job.cc, "-c", *job.flags["kernel"], f"-I{runtime_dir()}", str(source)]
+                    for source in sources]
+        diagnostics = "".join(_run_all(commands, work))
         if diagnostics.strip():  # the runtime should compile clean
             log.warning("C compiler warnings for the runtime:\n%s", diagnostics.rstrip())
         hashes = {o.name: hashlib.sha256((work / o.name).read_bytes()).hexdigest()
