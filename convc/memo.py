@@ -55,9 +55,9 @@ def lowered(graph: Graph, dtype: str = "float32", *, grad=False, algorithm: str 
                    tuned=tuned, sizes=sizes)
     if not isinstance(graph, Graph):
         return lower(graph, dtype, **options)  # which says what is wrong
+    path = cache_dir() / f"lowered-{_key(graph, dtype, options)[:32]}.pickle"
     timings: dict[str, float] = {}
     with stage("cache lookup", timings):
-        path = cache_dir() / f"lowered-{_key(graph, dtype, options)[:32]}.pickle"
         found = _read(path)
     if found is not None:
         return replace(found, timings=timings)  # not the stages of the first lowering
