@@ -164,8 +164,8 @@ def fused(first: tuple[Stmt, ...], second: tuple[Stmt, ...], outer: bool = False
     elementwise op's outputs: their bodies vectorise together); None otherwise (a nest
     with a reduction keeps its loops: fused, its innermost loop vectorised worse). With
     ``outer``, any bodies: below the loops they share, each runs in a scope of its own
-    (the phases of a strided input gradient, blocked sums adding into rows that then stay
-    in the cache from one phase to the next). The caller answers for the order: nothing
+    (the phases of a strided input gradient, blocked sums writing rows that then stay in
+    the cache from one phase to the next). The caller answers for the order: nothing
     ``second`` reads may be written by ``first``, nor the other way round. ``collapsed``:
     how many levels down the loops must stay one in another (a collapsed parallel loop's)."""
     if len(first) != 1 or len(second) != 1:

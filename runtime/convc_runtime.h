@@ -236,7 +236,7 @@ static inline int convc_row2_f32(float *q, const convc_vf32 *t, int row, int n, 
                 } else if (step == 1 && !add) {                                            \
                     CONVC_STORE_PART_##SUFFIX(q, r, n);                                    \
                 } else {                                                                   \
-                    for (int i = 0; i < n; i++) q[i * step] = r[i] + (add ? q[i * step] : 0); \
+                    for (int i = 0; i < n; i++) q[i * step] = add ? q[i * step] + r[i] : r[i]; \
                 }                                                                          \
             }                                                                              \
         }                                                                                  \
