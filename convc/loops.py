@@ -152,6 +152,12 @@ class Kernel:
         return any(isinstance(s, Gemm | Transform | Spectra) for s in walk(self.nests))
 
     @property
+    def blocked(self) -> bool:
+        """Whether it holds register-blocked sums (an array of vector accumulators), which
+        broadcast their signal's values from memory (`CONVC_BROADCASTING`)."""
+        return any(isinstance(s, Let) and s.count for s in walk(self.nests))
+
+    @property
     def transforms(self) -> list[Transform]:
         """The FFTs it runs, which share the module's FFT scratch."""
         return [s for s in walk(self.nests) if isinstance(s, Transform)]

@@ -68,11 +68,10 @@ def emit_kernel(kernel: Kernel, fname: str, header: list[str], buffers, printer,
     sizes = size_symbols(buffers[t] for t in kernel.reads + kernel.writes)
     comment = "\n".join(f" * {c_comment(line)}".rstrip() for line in header)
     params = parameter_list(sizes, kernel.reads, kernel.writes, buffers)
-    blocked = any(isinstance(s, Let) and s.count for s in walk(kernel.nests))
     context = _Context(fname, params, [str(s) for s in sizes]
                        + [buffers[t].cname for t in kernel.reads + kernel.writes], threads,
                        declared=_declares(kernel.nests),
-                       attributes=["CONVC_BROADCASTING"] if blocked else [])
+                       attributes=["CONVC_BROADCASTING"] if kernel.blocked else [])
     if kernel.transforms:
         params += ", void *restrict fft_scratch"
     kind = "int" if kernel.can_fail else "void"
